@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Endpoint datapath, attached with TCX to the host side of each pod link:
+ *   tcx ingress  = cil_from_container (packets the pod sends)
+ *   tcx egress   = cil_to_container   (packets delivered to the pod)
+ * Forwards between local pods by BPF redirect, answers the pod's ARP,
+ * drops spoofed source addresses, counts per endpoint and per reason. */
+
+#include "lib/common.h"
+#include "lib/drop.h"
+#include "lib/maps.h"
+#include "lib/arp.h"
+
+#define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
+#define IP_TTL_OFF (ETH_HLEN + offsetof(struct iphdr, ttl))
+
+static __always_inline struct endpoint_info *lookup_self(struct __sk_buff *skb, __be32 *ip)
+{
+	struct lxc_if_key ik = { .ifindex = skb->ifindex };
+	struct endpoint_key *k = bpf_map_lookup_elem(&cilium_lxc_if, &ik);
+
+	if (!k)
+		return 0;
+	*ip = k->ip4;
+	return bpf_map_lookup_elem(&cilium_lxc, k);
+}
+
+/* Decrements the TTL and fixes the IPv4 checksum, as a router hop does. */
+static __always_inline int ipv4_dec_ttl(struct __sk_buff *skb, __u8 ttl)
+{
+	__u16 old = bpf_htons((__u16)ttl << 8);
+	__u16 new = bpf_htons((__u16)(ttl - 1) << 8);
+	__u8 nttl = ttl - 1;
+
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, new, 2) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, IP_TTL_OFF, &nttl, 1, 0) < 0)
+		return -1;
+	return 0;
+}
+
+static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct endpoint_info *dst, __u8 ttl)
+{
+	__u32 len = skb->len;
+
+	/* TTL 1 would expire here: let the stack answer with ICMP time exceeded. */
+	if (ttl <= 1)
+		return TC_ACT_OK;
+	if (ipv4_dec_ttl(skb, ttl) < 0)
+		return drop(skb, DROP_WRITE_ERROR, METRIC_EGRESS);
+	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), dst->mac, ETH_ALEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), dst->node_mac, ETH_ALEN, 0) < 0)
+		return drop(skb, DROP_WRITE_ERROR, METRIC_EGRESS);
+	update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
+	return bpf_redirect(dst->ifindex, 0);
+}
+
+SEC("classifier")
+int cil_from_container(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct endpoint_info *self, *dst;
+	struct endpoint_key dk;
+	struct iphdr *ip4;
+	__be32 self_ip = 0;
+	__u8 node_mac[ETH_ALEN];
+	__u16 proto;
+
+	if ((void *)(eth + 1) > data_end)
+		return drop(skb, DROP_INVALID, METRIC_EGRESS);
+	self = lookup_self(skb, &self_ip);
+	if (!self)
+		return drop(skb, DROP_UNKNOWN_SENDER, METRIC_EGRESS);
+	update_ep_stats(self->lxc_id, 1, skb->len);
+	proto = eth->h_proto;
+
+	if (proto == bpf_htons(ETH_P_ARP)) {
+		__builtin_memcpy(node_mac, self->node_mac, ETH_ALEN);
+		if (arp_respond(skb, node_mac, self_ip))
+			return bpf_redirect(skb->ifindex, 0);
+		return TC_ACT_OK;
+	}
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		/* IPv6 is accepted in the data model; pods get no IPv6 address yet,
+		 * so only link-local neighbour traffic appears here. */
+		return TC_ACT_OK;
+	}
+	if (proto != bpf_htons(ETH_P_IP))
+		return drop(skb, DROP_UNKNOWN_L3, METRIC_EGRESS);
+
+	ip4 = data + sizeof(*eth);
+	if ((void *)(ip4 + 1) > data_end || ip4->ihl < 5)
+		return drop(skb, DROP_INVALID, METRIC_EGRESS);
+	if (ip4->saddr != self_ip)
+		return drop(skb, DROP_INVALID_SIP, METRIC_EGRESS);
+
+	dk.ip4 = ip4->daddr;
+	dst = bpf_map_lookup_elem(&cilium_lxc, &dk);
+	if (dst && !(dst->flags & ENDPOINT_F_HOST))
+		return redirect_to_endpoint(skb, dst, ip4->ttl);
+
+	/* Not a local pod: the node's stack routes it (node addresses, and later the world). */
+	update_metrics(REASON_FORWARDED, METRIC_EGRESS, skb->len);
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int cil_to_container(struct __sk_buff *skb)
+{
+	struct endpoint_info *self;
+	__be32 self_ip = 0;
+
+	self = lookup_self(skb, &self_ip);
+	if (!self)
+		return drop(skb, DROP_UNKNOWN_SENDER, METRIC_INGRESS);
+	update_ep_stats(self->lxc_id, 0, skb->len);
+	update_metrics(REASON_FORWARDED, METRIC_INGRESS, skb->len);
+	return TC_ACT_OK;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

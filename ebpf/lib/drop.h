@@ -1,0 +1,11 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Drop reasons: Cilium's numeric codes (metrics store -code as reason; 0 = forwarded). */
+#pragma once
+
+#define REASON_FORWARDED 0
+#define DROP_INVALID_SIP 132   /* "Invalid source ip" */
+#define DROP_POLICY 133        /* "Policy denied" */
+#define DROP_INVALID 134       /* "Invalid packet" */
+#define DROP_UNKNOWN_L3 139    /* "Unknown L3 target address" / unsupported ethertype */
+#define DROP_WRITE_ERROR 141   /* "Error writing to packet" */
+#define DROP_UNKNOWN_SENDER 170 /* "Unknown sender endpoint": program runs on a link with no endpoint */

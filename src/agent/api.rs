@@ -1,0 +1,190 @@
+//! The agent's REST API on a unix socket (mode 0660), modelled on Cilium's /v1 API.
+use std::{os::unix::fs::PermissionsExt, path::Path};
+
+use axum::{
+    extract::{Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use super::{models::*, AgentError, Shared};
+use crate::datapath::{loader, maps};
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        use super::ipam::IpamError;
+        let status = match &self {
+            AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AgentError::NotFound(_) => StatusCode::NOT_FOUND,
+            AgentError::Conflict(_) => StatusCode::CONFLICT,
+            AgentError::Ipam(IpamError::Exhausted { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+            AgentError::Ipam(_) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE {
+            warn!(error = %self, "API request failed");
+        }
+        (
+            status,
+            Json(ApiError {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, AgentError>;
+
+async fn healthz(State(s): State<Shared>) -> Json<StatusResponse> {
+    Json(s.lock().await.status())
+}
+
+async fn ipam_allocate(
+    State(s): State<Shared>,
+    Json(req): Json<IpamRequest>,
+) -> ApiResult<IpamResponse> {
+    Ok(Json(s.lock().await.allocate(&req)?))
+}
+
+#[derive(Deserialize)]
+struct OwnerQuery {
+    owner: String,
+}
+
+async fn ipam_release(
+    State(s): State<Shared>,
+    Query(q): Query<OwnerQuery>,
+) -> ApiResult<Vec<std::net::IpAddr>> {
+    let mut st = s.lock().await;
+    if st.endpoints.list().any(|e| e.owner() == q.owner) {
+        return Err(AgentError::Conflict(format!(
+            "{} still has an endpoint; delete the endpoint instead",
+            q.owner
+        )));
+    }
+    Ok(Json(st.release_owner(&q.owner)))
+}
+
+async fn endpoint_list(State(s): State<Shared>) -> ApiResult<Vec<Endpoint>> {
+    Ok(Json(s.lock().await.endpoints.list().cloned().collect()))
+}
+
+async fn endpoint_put(
+    State(s): State<Shared>,
+    Json(req): Json<EndpointRequest>,
+) -> ApiResult<Endpoint> {
+    Ok(Json(s.lock().await.create_endpoint(req).await?))
+}
+
+#[derive(Deserialize)]
+struct AttachmentQuery {
+    container_id: String,
+    ifname: String,
+}
+
+async fn endpoint_get(
+    State(s): State<Shared>,
+    Query(q): Query<AttachmentQuery>,
+) -> ApiResult<Endpoint> {
+    let st = s.lock().await;
+    st.endpoints
+        .find(&q.container_id, &q.ifname)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| {
+            AgentError::NotFound(format!("no endpoint for {}:{}", q.container_id, q.ifname))
+        })
+}
+
+async fn endpoint_delete(
+    State(s): State<Shared>,
+    Query(q): Query<AttachmentQuery>,
+) -> ApiResult<Endpoint> {
+    let mut st = s.lock().await;
+    st.delete_endpoint(&q.container_id, &q.ifname)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            AgentError::NotFound(format!("no endpoint for {}:{}", q.container_id, q.ifname))
+        })
+}
+
+async fn gc(State(s): State<Shared>, Json(req): Json<GcRequest>) -> ApiResult<GcResponse> {
+    Ok(Json(s.lock().await.gc(&req).await?))
+}
+
+async fn metrics(State(s): State<Shared>) -> ApiResult<Vec<MetricEntry>> {
+    let root = s.lock().await.config.bpf_root.clone();
+    let entries = loader::read_metrics(&root)?;
+    Ok(Json(
+        entries
+            .into_iter()
+            .map(|(k, v)| MetricEntry {
+                reason: k.reason,
+                reason_name: maps::reason_name(k.reason).into(),
+                direction: maps::direction_name(k.dir).into(),
+                packets: v.packets,
+                bytes: v.bytes,
+            })
+            .collect(),
+    ))
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/healthz", get(healthz))
+        .route("/v1/ipam", post(ipam_allocate).delete(ipam_release))
+        .route("/v1/endpoint", get(endpoint_list).put(endpoint_put))
+        .route(
+            "/v1/endpoint/attachment",
+            get(endpoint_get).delete(endpoint_delete),
+        )
+        .route("/v1/gc", post(gc))
+        .route("/v1/metrics/datapath", get(metrics))
+        .with_state(state)
+}
+
+/// Serves the API on `socket` until SIGTERM or SIGINT, then removes the socket.
+pub async fn serve(state: Shared, socket: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "removing stale socket {}: {e}",
+                socket.display()
+            ))
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .map_err(|e| anyhow::anyhow!("binding API socket {}: {e}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    info!(socket = %socket.display(), "API listening");
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot watch SIGTERM");
+                    return std::future::pending().await;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        }
+    };
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let _ = std::fs::remove_file(socket);
+    Ok(())
+}

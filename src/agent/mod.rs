@@ -1,0 +1,400 @@
+//! The node agent: host-scope IPAM, the endpoint manager, the endpoint datapath,
+//! and the REST API on a unix socket the CNI plugin and the CLI talk to.
+pub mod api;
+pub mod client;
+pub mod endpoints;
+pub mod ipam;
+pub mod models;
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::datapath::{
+    link::{mac_string, parse_mac, write_sysctl, LinkError, Netlink},
+    loader::{Datapath, DatapathError},
+    maps::{EndpointInfo, EndpointKey},
+};
+use endpoints::{Endpoints, StateError};
+use ipam::{Ipam, IpamError};
+use models::*;
+
+/// Agent configuration (flags of `cilium agent`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentConfig {
+    /// Name of this node.
+    #[arg(long, env = "CILIUM_NODE_NAME", default_value = "node1")]
+    pub node_name: String,
+    /// IPv4 pod CIDR of this node (host-scope IPAM); its first address is the router address.
+    #[arg(long, env = "CILIUM_POD_CIDR", default_value = "10.0.0.0/24")]
+    pub pod_cidr: ipnet::Ipv4Net,
+    /// IPv6 pod CIDR of this node (optional; accepted in the model, not yet routed).
+    #[arg(long)]
+    pub pod_cidr_v6: Option<ipnet::Ipv6Net>,
+    /// Path of the API socket.
+    #[arg(long, default_value = "/var/run/cilium/cilium.sock")]
+    pub socket: PathBuf,
+    /// Directory for endpoint state.
+    #[arg(long, default_value = "/var/run/cilium/state")]
+    pub state_dir: PathBuf,
+    /// The node's bpffs directory: pinned maps and links.
+    #[arg(long, default_value = "/sys/fs/bpf/cilium")]
+    pub bpf_root: PathBuf,
+    /// Enter this network namespace before starting (local mode: the node's namespace).
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    /// MTU of pod links.
+    #[arg(long, default_value_t = 1500)]
+    pub mtu: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Everything the agent owns, behind one lock.
+pub struct AgentState {
+    pub config: AgentConfig,
+    pub ipam: Ipam,
+    pub endpoints: Endpoints,
+    pub datapath: Datapath,
+    pub netlink: Netlink,
+    pub started: Instant,
+}
+
+pub type Shared = Arc<Mutex<AgentState>>;
+
+const HOST_DEV: &str = "cilium_host";
+const NET_DEV: &str = "cilium_net";
+
+impl AgentState {
+    /// Loads the datapath, sets up the node's host device and adopts persisted endpoints.
+    pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
+        let ipam = Ipam::new(config.pod_cidr, config.pod_cidr_v6)?;
+        let endpoints = Endpoints::open(&config.state_dir)?;
+        let datapath = Datapath::load(&config.bpf_root)?;
+        let netlink = Netlink::connect()?;
+        let mut st = Self {
+            config,
+            ipam,
+            endpoints,
+            datapath,
+            netlink,
+            started: Instant::now(),
+        };
+        st.setup_host().await?;
+        st.restore().await?;
+        Ok(st)
+    }
+
+    /// cilium_host/cilium_net: a veth pair owning the router (gateway) address, as in Cilium.
+    async fn setup_host(&mut self) -> Result<(), AgentError> {
+        if let Err(e) = write_sysctl("net.ipv4.ip_forward", "1") {
+            warn!(error = %e, "cannot enable IPv4 forwarding");
+        }
+        let host = match self.netlink.link_by_name(HOST_DEV).await? {
+            Some(l) => l,
+            None => {
+                self.netlink
+                    .add_veth(HOST_DEV, NET_DEV, self.config.mtu)
+                    .await?;
+                self.netlink
+                    .link_by_name(HOST_DEV)
+                    .await?
+                    .ok_or_else(|| LinkError::NotFound(HOST_DEV.into()))?
+            }
+        };
+        if let Some(net) = self.netlink.link_by_name(NET_DEV).await? {
+            self.netlink.set_up(net.index).await?;
+        }
+        self.netlink.set_up(host.index).await?;
+        let router = self.ipam.router_v4();
+        self.netlink
+            .add_address(host.index, IpAddr::V4(router), 32)
+            .await?;
+        info!(router = %router, "host device ready");
+        Ok(())
+    }
+
+    /// Adopts endpoints from the state directory: re-programs their maps and swaps the
+    /// new programs into their pinned links; endpoints whose link vanished are removed.
+    async fn restore(&mut self) -> Result<(), AgentError> {
+        let eps: Vec<Endpoint> = self.endpoints.list().cloned().collect();
+        for ep in eps {
+            let link = self.netlink.link_by_name(&ep.host_ifname).await?;
+            match link {
+                Some(l) => {
+                    let mut ep = ep;
+                    ep.host_ifindex = l.index;
+                    ep.host_mac = mac_string(&l.mac);
+                    self.ipam
+                        .v4
+                        .allocate_specific(IpAddr::V4(ep.ipv4), &ep.owner())?;
+                    if let (Some(v6), Some(pool)) = (ep.ipv6, self.ipam.v6.as_mut()) {
+                        pool.allocate_specific(IpAddr::V6(v6), &ep.owner())?;
+                    }
+                    self.program_endpoint(&ep).await?;
+                    info!(id = ep.id, ip = %ep.ipv4, link = %ep.host_ifname, "adopted endpoint");
+                    self.endpoints.put(ep)?;
+                }
+                None => {
+                    warn!(id = ep.id, link = %ep.host_ifname, "endpoint link is gone; removing endpoint");
+                    self.datapath.remove_endpoint(
+                        EndpointKey::new(ep.ipv4),
+                        ep.host_ifindex,
+                        ep.id,
+                    )?;
+                    self.datapath.detach_endpoint(&ep.host_ifname)?;
+                    self.endpoints.remove(ep.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps, programs and the host route of one endpoint (idempotent).
+    async fn program_endpoint(&mut self, ep: &Endpoint) -> Result<(), AgentError> {
+        let mac = parse_mac(&ep.pod_mac).ok_or_else(|| {
+            AgentError::BadRequest(format!("pod_mac {:?} is not a MAC address", ep.pod_mac))
+        })?;
+        let node_mac = parse_mac(&ep.host_mac).ok_or_else(|| {
+            AgentError::BadRequest(format!("host MAC {:?} is not a MAC address", ep.host_mac))
+        })?;
+        let info = EndpointInfo {
+            ifindex: ep.host_ifindex,
+            lxc_id: ep.id,
+            flags: 0,
+            sec_id: 0,
+            mac,
+            node_mac,
+            pad: 0,
+        };
+        self.datapath
+            .upsert_endpoint(EndpointKey::new(ep.ipv4), info)?;
+        self.datapath.attach_endpoint(&ep.host_ifname)?;
+        let _ = write_sysctl(&format!("net.ipv4.conf.{}.rp_filter", ep.host_ifname), "0");
+        self.netlink
+            .replace_route_v4(
+                ep.ipv4,
+                32,
+                ep.host_ifindex,
+                None,
+                Some(self.ipam.router_v4()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub fn allocate(&mut self, req: &IpamRequest) -> Result<IpamResponse, AgentError> {
+        if req.owner.trim().is_empty() {
+            return Err(AgentError::BadRequest("owner must not be empty".into()));
+        }
+        let ip = self.ipam.v4.allocate(&req.owner)?;
+        let ipv6 = match self.ipam.v6.as_mut() {
+            Some(pool) => match pool.allocate(&req.owner) {
+                Ok(ip6) => Some(AddressInfo {
+                    ip: ip6,
+                    gateway: pool.router(),
+                    cidr: pool.cidr(),
+                }),
+                Err(e) => {
+                    self.ipam.v4.release(ip);
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        };
+        info!(owner = %req.owner, %ip, "allocated address");
+        Ok(IpamResponse {
+            ipv4: AddressInfo {
+                ip,
+                gateway: self.ipam.v4.router(),
+                cidr: self.ipam.v4.cidr(),
+            },
+            ipv6,
+            mtu: self.config.mtu,
+        })
+    }
+
+    /// Releases what `owner` holds, unless an endpoint still uses it.
+    pub fn release_owner(&mut self, owner: &str) -> Vec<IpAddr> {
+        let mut out = self.ipam.v4.release_owner(owner);
+        if let Some(p) = self.ipam.v6.as_mut() {
+            out.extend(p.release_owner(owner));
+        }
+        out
+    }
+
+    pub async fn create_endpoint(&mut self, req: EndpointRequest) -> Result<Endpoint, AgentError> {
+        let owner = owner(&req.container_id, &req.ifname);
+        match self.ipam.v4.owner_of(IpAddr::V4(req.ipv4)) {
+            Some(o) if o == owner => {}
+            Some(o) => {
+                return Err(AgentError::Conflict(format!(
+                    "address {} belongs to {o}, not {owner}",
+                    req.ipv4
+                )))
+            }
+            None => {
+                return Err(AgentError::BadRequest(format!(
+                    "address {} was not allocated by this agent; allocate with POST /v1/ipam first",
+                    req.ipv4
+                )))
+            }
+        }
+        let link = self
+            .netlink
+            .link_by_name(&req.host_ifname)
+            .await?
+            .ok_or_else(|| {
+                AgentError::BadRequest(format!(
+                    "link {} does not exist on this node",
+                    req.host_ifname
+                ))
+            })?;
+        let id = match self.endpoints.find(&req.container_id, &req.ifname) {
+            Some(existing) => existing.id,
+            None => self.endpoints.next_id()?,
+        };
+        let ep = Endpoint {
+            id,
+            container_id: req.container_id,
+            ifname: req.ifname,
+            netns: req.netns,
+            host_ifname: req.host_ifname,
+            host_ifindex: link.index,
+            host_mac: mac_string(&link.mac),
+            pod_mac: req.pod_mac,
+            ipv4: req.ipv4,
+            ipv6: req.ipv6,
+            k8s_namespace: req.k8s_namespace,
+            k8s_pod_name: req.k8s_pod_name,
+            labels: Default::default(),
+            state: "ready".into(),
+        };
+        if let Err(e) = self.program_endpoint(&ep).await {
+            // Nothing half-applied: undo maps and links of this endpoint.
+            let _ =
+                self.datapath
+                    .remove_endpoint(EndpointKey::new(ep.ipv4), ep.host_ifindex, ep.id);
+            let _ = self.datapath.detach_endpoint(&ep.host_ifname);
+            return Err(e);
+        }
+        self.endpoints.put(ep.clone())?;
+        info!(id = ep.id, ip = %ep.ipv4, link = %ep.host_ifname, pod = ?ep.k8s_pod_name, "endpoint created");
+        Ok(ep)
+    }
+
+    /// Removes an endpoint and releases its addresses.
+    pub async fn delete_endpoint(
+        &mut self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<Endpoint>, AgentError> {
+        let released = self.release_owner(&owner(container_id, ifname));
+        let Some(ep) = self.endpoints.find(container_id, ifname).cloned() else {
+            if !released.is_empty() {
+                info!(
+                    container_id,
+                    ?released,
+                    "released addresses of an attachment without endpoint"
+                );
+            }
+            return Ok(None);
+        };
+        self.datapath
+            .remove_endpoint(EndpointKey::new(ep.ipv4), ep.host_ifindex, ep.id)?;
+        self.datapath.detach_endpoint(&ep.host_ifname)?;
+        if let Err(e) = self
+            .netlink
+            .delete_route_v4(ep.ipv4, 32, ep.host_ifindex)
+            .await
+        {
+            warn!(error = %e, "removing the endpoint route");
+        }
+        self.endpoints.remove(ep.id);
+        info!(id = ep.id, ip = %ep.ipv4, "endpoint deleted");
+        Ok(Some(ep))
+    }
+
+    /// Removes endpoints and allocations the runtime no longer knows.
+    pub async fn gc(&mut self, req: &GcRequest) -> Result<GcResponse, AgentError> {
+        let valid: std::collections::HashSet<String> =
+            req.valid.iter().map(|(c, i)| owner(c, i)).collect();
+        let mut out = GcResponse::default();
+        let stale: Vec<(String, String)> = self
+            .endpoints
+            .list()
+            .filter(|e| !valid.contains(&e.owner()))
+            .map(|e| (e.container_id.clone(), e.ifname.clone()))
+            .collect();
+        for (c, i) in stale {
+            if let Some(ep) = self.delete_endpoint(&c, &i).await? {
+                out.removed_endpoints.push(ep.owner());
+                out.released_ips.push(IpAddr::V4(ep.ipv4));
+            }
+        }
+        let stale_owners: Vec<String> = self
+            .ipam
+            .v4
+            .allocations()
+            .map(|(_, o)| o.clone())
+            .filter(|o| !valid.contains(o))
+            .collect();
+        for o in stale_owners {
+            out.released_ips.extend(self.release_owner(&o));
+        }
+        Ok(out)
+    }
+
+    pub fn status(&self) -> StatusResponse {
+        StatusResponse {
+            node_name: self.config.node_name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            state: "Ok".into(),
+            pod_cidr_v4: self.ipam.v4.cidr(),
+            pod_cidr_v6: self.ipam.v6.as_ref().map(|p| p.cidr()),
+            router_ipv4: self.ipam.v4.router(),
+            endpoints: self.endpoints.len(),
+            ipam_used: self.ipam.v4.used(),
+            bpf_root: self.config.bpf_root.display().to_string(),
+            kube_proxy_replacement: "False".into(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+        }
+    }
+
+    pub fn router_v4(&self) -> Ipv4Addr {
+        self.ipam.router_v4()
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Leaves the datapath in place on exit.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let socket = config.socket.clone();
+    let state = AgentState::start(config).await?;
+    info!(node = %state.config.node_name, cidr = %state.config.pod_cidr, endpoints = state.endpoints.len(), "agent started");
+    let shared: Shared = Arc::new(Mutex::new(state));
+    api::serve(shared, &socket).await?;
+    info!("agent stopped; the datapath keeps forwarding");
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The agent API's request and response bodies (JSON), shared by the server, the CLI and the CNI plugin.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// POST /v1/ipam
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IpamRequest {
+    /// Who holds the address: "<container id>:<ifname>".
+    pub owner: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AddressInfo {
+    pub ip: IpAddr,
+    pub gateway: IpAddr,
+    pub cidr: ipnet::IpNet,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IpamResponse {
+    pub ipv4: AddressInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<AddressInfo>,
+    pub mtu: u32,
+}
+
+/// PUT /v1/endpoint: what the CNI plugin built, for the agent to take over.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EndpointRequest {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub host_ifname: String,
+    pub pod_mac: String,
+    pub ipv4: Ipv4Addr,
+    #[serde(default)]
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    #[serde(default)]
+    pub k8s_namespace: Option<String>,
+    #[serde(default)]
+    pub k8s_pod_name: Option<String>,
+}
+
+/// An endpoint as the agent keeps it (and persists it in its state directory).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Endpoint {
+    pub id: u16,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub host_mac: String,
+    pub pod_mac: String,
+    pub ipv4: Ipv4Addr,
+    #[serde(default)]
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    #[serde(default)]
+    pub k8s_namespace: Option<String>,
+    #[serde(default)]
+    pub k8s_pod_name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub state: String,
+}
+
+impl Endpoint {
+    pub fn owner(&self) -> String {
+        owner(&self.container_id, &self.ifname)
+    }
+}
+
+/// The IPAM owner string of an attachment.
+pub fn owner(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}:{ifname}")
+}
+
+/// Per-endpoint counters (GET /v1/endpoint includes them when asked).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EndpointCounters {
+    pub from_endpoint_packets: u64,
+    pub from_endpoint_bytes: u64,
+    pub to_endpoint_packets: u64,
+    pub to_endpoint_bytes: u64,
+}
+
+/// POST /v1/gc: the attachments the runtime still considers valid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GcRequest {
+    pub valid: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct GcResponse {
+    pub removed_endpoints: Vec<String>,
+    pub released_ips: Vec<IpAddr>,
+}
+
+/// GET /v1/healthz
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub node_name: String,
+    pub version: String,
+    pub state: String,
+    pub pod_cidr_v4: ipnet::IpNet,
+    #[serde(default)]
+    pub pod_cidr_v6: Option<ipnet::IpNet>,
+    pub router_ipv4: IpAddr,
+    pub endpoints: usize,
+    pub ipam_used: usize,
+    pub bpf_root: String,
+    pub kube_proxy_replacement: String,
+    pub uptime_seconds: u64,
+}
+
+/// One line of the datapath metrics map.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricEntry {
+    pub reason: u8,
+    pub reason_name: String,
+    pub direction: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Every non-2xx answer of the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}

@@ -1,0 +1,675 @@
+//! `cilium local`: a cluster of network namespaces on this host with the real agent,
+//! CNI plugin and datapath. Nothing touches the root namespace's devices; `down`
+//! removes every namespace, link, pin, file and process it made.
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::Write,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{agent::client::Client, datapath::netns};
+
+/// Where local clusters keep their state.
+pub const STATE_ROOT: &str = "/var/run/cilium-local";
+const NETNS_DIR: &str = "/var/run/netns";
+const BPF_DIR: &str = "/sys/fs/bpf";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub name: String,
+    pub netns: PathBuf,
+    pub socket: PathBuf,
+    pub bpf_root: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    pub pod_cidr: ipnet::Ipv4Net,
+    pub agent_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cluster {
+    pub name: String,
+    pub dir: PathBuf,
+    pub nodes: Vec<NodeSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub name: String,
+    pub namespace: String,
+    pub container_id: String,
+    pub netns: PathBuf,
+    pub node: String,
+    pub ifname: String,
+    pub ipv4: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub pid: Option<u32>,
+}
+
+/// Validates a cluster or pod name: it ends up in namespace and file names.
+pub fn check_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if !ok {
+        bail!("invalid {kind} name {name:?}: use 1-32 characters of a-z, 0-9 and '-', not starting with '-'");
+    }
+    Ok(())
+}
+
+fn netns_name(cluster: &str, what: &str) -> String {
+    format!("cilium-{cluster}-{what}")
+}
+
+impl Cluster {
+    pub fn dir_of(name: &str) -> PathBuf {
+        Path::new(STATE_ROOT).join(name)
+    }
+
+    pub fn load(name: &str) -> Result<Self> {
+        let path = Self::dir_of(name).join("cluster.json");
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("local cluster {name:?} is not up (no {}); start it with `cilium local up --name {name}`", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is corrupt; run `cilium local down --name {name}`",
+                path.display()
+            )
+        })
+    }
+
+    fn save(&self) -> Result<()> {
+        let path = self.dir.join("cluster.json");
+        let tmp = self.dir.join(".cluster.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Names of every local cluster on this host.
+    pub fn list() -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(STATE_ROOT)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().join("cluster.json").exists())
+                    .filter_map(|e| e.file_name().to_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn node(&self, name: Option<&str>) -> Result<&NodeSpec> {
+        match name {
+            None => self
+                .nodes
+                .first()
+                .ok_or_else(|| anyhow!("cluster {} has no nodes", self.name)),
+            Some(n) => self
+                .nodes
+                .iter()
+                .find(|x| x.name == n)
+                .ok_or_else(|| anyhow!("cluster {} has no node {n:?}", self.name)),
+        }
+    }
+
+    fn pods_dir(&self) -> PathBuf {
+        self.dir.join("pods")
+    }
+
+    pub fn pods(&self) -> Vec<PodRecord> {
+        let mut v: Vec<PodRecord> = std::fs::read_dir(self.pods_dir())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .filter_map(|b| serde_json::from_slice(&b).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by(|a: &PodRecord, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn pod(&self, name: &str) -> Result<PodRecord> {
+        let p = self.pods_dir().join(format!("{name}.json"));
+        let bytes = std::fs::read(&p)
+            .with_context(|| format!("no pod {name:?} in local cluster {}", self.name))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    fn save_pod(&self, pod: &PodRecord) -> Result<()> {
+        std::fs::create_dir_all(self.pods_dir())?;
+        std::fs::write(
+            self.pods_dir().join(format!("{}.json", pod.name)),
+            serde_json::to_vec_pretty(pod)?,
+        )?;
+        Ok(())
+    }
+
+    /// The network configuration the local runtime hands to the CNI plugin.
+    pub fn cni_conf(&self, node: &NodeSpec) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "cilium",
+            "type": "cilium-cni",
+            "agentSocket": node.socket,
+        })
+    }
+
+    /// A CNI conflist for real runtimes (podman, containerd) on this cluster's first node.
+    pub fn conflist(&self, node: &NodeSpec) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "cilium",
+            "plugins": [{ "type": "cilium-cni", "agentSocket": node.socket }],
+        })
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+}
+
+/// Sends SIGTERM, waits up to `grace`, then SIGKILL.
+fn stop_pid(pid: u32, grace: Duration) {
+    use nix::{
+        sys::signal::{kill, Signal},
+        unistd::Pid,
+    };
+    let p = Pid::from_raw(pid as i32);
+    let _ = kill(p, Signal::SIGTERM);
+    let start = Instant::now();
+    while pid_alive(pid) && start.elapsed() < grace {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if pid_alive(pid) {
+        let _ = kill(p, Signal::SIGKILL);
+        let start = Instant::now();
+        while pid_alive(pid) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Kills a pod's process group (the pod command and its children).
+fn kill_group(pid: u32) {
+    use nix::{
+        sys::signal::{killpg, Signal},
+        unistd::Pid,
+    };
+    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let start = Instant::now();
+    while pid_alive(pid) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn add_netns(name: &str) -> Result<PathBuf> {
+    let path = Path::new(NETNS_DIR).join(name);
+    if !path.exists() {
+        rtnetlink::NetworkNamespace::add(name.to_string())
+            .await
+            .map_err(|e| anyhow!("creating network namespace {name}: {e}"))?;
+    }
+    // Loopback up inside, as a runtime does.
+    netns::block_on_in_netns(&path, || async {
+        let nl = crate::datapath::link::Netlink::connect()?;
+        if let Some(lo) = nl.link_by_name("lo").await? {
+            nl.set_up(lo.index).await?;
+        }
+        Ok::<_, crate::datapath::link::LinkError>(())
+    })??;
+    Ok(path)
+}
+
+async fn del_netns(path: &Path) {
+    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+        if path.exists() {
+            if let Err(e) = rtnetlink::NetworkNamespace::del(name.to_string()).await {
+                eprintln!("warning: removing network namespace {name}: {e}");
+            }
+        }
+    }
+}
+
+fn self_exe() -> Result<PathBuf> {
+    std::env::current_exe().context("locating the cilium executable")
+}
+
+/// Options of `cilium local up`.
+pub struct UpOptions {
+    pub name: String,
+    pub pod_cidr: ipnet::Ipv4Net,
+    pub timeout: Duration,
+}
+
+pub async fn up(opts: UpOptions) -> Result<Cluster> {
+    check_name("cluster", &opts.name)?;
+    let dir = Cluster::dir_of(&opts.name);
+    if dir.join("cluster.json").exists() {
+        let c = Cluster::load(&opts.name)?;
+        let alive = c.nodes.iter().all(|n| n.agent_pid.is_some_and(pid_alive));
+        if alive {
+            bail!(
+                "local cluster {:?} is already up; `cilium local down --name {}` removes it",
+                opts.name,
+                opts.name
+            );
+        }
+        bail!(
+            "local cluster {:?} exists but its agent is not running; run `cilium local down --name {}` first",
+            opts.name,
+            opts.name
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let res = up_inner(&opts, &dir).await;
+    if res.is_err() {
+        let _ = down(&opts.name).await;
+    }
+    res
+}
+
+async fn up_inner(opts: &UpOptions, dir: &Path) -> Result<Cluster> {
+    let node_name = "node1".to_string();
+    let node_dir = dir.join("nodes").join(&node_name);
+    std::fs::create_dir_all(&node_dir)?;
+    let ns = add_netns(&netns_name(&opts.name, &node_name)).await?;
+    let mut node = NodeSpec {
+        name: node_name.clone(),
+        netns: ns,
+        socket: node_dir.join("cilium.sock"),
+        bpf_root: Path::new(BPF_DIR)
+            .join(format!("cilium-local-{}", opts.name))
+            .join(&node_name),
+        state_dir: node_dir.join("state"),
+        log: node_dir.join("agent.log"),
+        pod_cidr: opts.pod_cidr,
+        agent_pid: None,
+    };
+    let mut cluster = Cluster {
+        name: opts.name.clone(),
+        dir: dir.to_path_buf(),
+        nodes: vec![],
+    };
+    // Written before the agent starts so `down` finds everything even if the start fails.
+    cluster.nodes.push(node.clone());
+    cluster.save()?;
+    let pid = start_agent(&node)?;
+    node.agent_pid = Some(pid);
+    cluster.nodes[0] = node.clone();
+    cluster.save()?;
+    wait_agent(&node, opts.timeout).await?;
+
+    // The CNI configuration for real runtimes, and the plugin where they look for it.
+    let cni_dir = dir.join("cni");
+    std::fs::create_dir_all(cni_dir.join("net.d"))?;
+    std::fs::create_dir_all(cni_dir.join("bin"))?;
+    std::fs::write(
+        cni_dir.join("net.d/05-cilium.conflist"),
+        serde_json::to_vec_pretty(&cluster.conflist(&node))?,
+    )?;
+    let link = cni_dir.join("bin/cilium-cni");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(self_exe()?, &link)?;
+    Ok(cluster)
+}
+
+/// Starts a node's agent in the background, inside the node's namespace.
+pub fn start_agent(node: &NodeSpec) -> Result<u32> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&node.log)
+        .with_context(|| format!("opening {}", node.log.display()))?;
+    let child = Command::new(self_exe()?)
+        .arg("agent")
+        .arg("--node-name")
+        .arg(&node.name)
+        .arg("--netns")
+        .arg(&node.netns)
+        .arg("--pod-cidr")
+        .arg(node.pod_cidr.to_string())
+        .arg("--socket")
+        .arg(&node.socket)
+        .arg("--state-dir")
+        .arg(&node.state_dir)
+        .arg("--bpf-root")
+        .arg(&node.bpf_root)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the agent")?;
+    Ok(child.id())
+}
+
+async fn wait_agent(node: &NodeSpec, timeout: Duration) -> Result<()> {
+    let client = Client::new(&node.socket);
+    let start = Instant::now();
+    loop {
+        if client.status().await.is_ok() {
+            return Ok(());
+        }
+        if let Some(pid) = node.agent_pid {
+            if !pid_alive(pid) {
+                bail!(
+                    "the agent of {} exited during start:\n{}",
+                    node.name,
+                    log_tail(&node.log, 20)
+                );
+            }
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "the agent of {} did not become ready within {:?}:\n{}",
+                node.name,
+                timeout,
+                log_tail(&node.log, 20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn log_tail(path: &Path, n: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Restarts (or starts) a node's agent; used after a stop to check adoption.
+pub async fn restart_agent(cluster_name: &str, node: Option<&str>, stop_only: bool) -> Result<()> {
+    let mut cluster = Cluster::load(cluster_name)?;
+    let idx = {
+        let n = cluster.node(node)?;
+        cluster
+            .nodes
+            .iter()
+            .position(|x| x.name == n.name)
+            .unwrap_or(0)
+    };
+    if let Some(pid) = cluster.nodes[idx].agent_pid {
+        stop_pid(pid, Duration::from_secs(10));
+    }
+    cluster.nodes[idx].agent_pid = None;
+    if !stop_only {
+        let pid = start_agent(&cluster.nodes[idx])?;
+        cluster.nodes[idx].agent_pid = Some(pid);
+        cluster.save()?;
+        wait_agent(&cluster.nodes[idx], Duration::from_secs(30)).await?;
+    } else {
+        cluster.save()?;
+    }
+    Ok(())
+}
+
+/// Removes a local cluster and everything it made. Idempotent.
+pub async fn down(name: &str) -> Result<Vec<String>> {
+    check_name("cluster", name)?;
+    let mut removed = Vec::new();
+    let dir = Cluster::dir_of(name);
+    if let Ok(cluster) = Cluster::load(name) {
+        for pod in cluster.pods() {
+            if let Some(pid) = pod.pid {
+                kill_group(pid);
+            }
+            del_netns(&pod.netns).await;
+            removed.push(format!("pod {}", pod.name));
+        }
+        for node in &cluster.nodes {
+            if let Some(pid) = node.agent_pid {
+                stop_pid(pid, Duration::from_secs(10));
+                removed.push(format!("agent of {} (pid {pid})", node.name));
+            }
+        }
+    }
+    // Pins: unpinning the links detaches the programs; then the maps.
+    let bpf = Path::new(BPF_DIR).join(format!("cilium-local-{name}"));
+    if bpf.exists() {
+        std::fs::remove_dir_all(&bpf)
+            .with_context(|| format!("removing pins under {}", bpf.display()))?;
+        removed.push(format!("pins {}", bpf.display()));
+    }
+    // Every namespace of the cluster, including ones a crashed command left behind.
+    let prefix = format!("cilium-{name}-");
+    if let Ok(rd) = std::fs::read_dir(NETNS_DIR) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                del_netns(&e.path()).await;
+                removed.push(format!("netns {}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        removed.push(format!("state {}", dir.display()));
+    }
+    Ok(removed)
+}
+
+/// Runs the CNI plugin for a pod the way a runtime does: exec'd as `cilium-cni`
+/// in the node's namespace, with CNI_* variables and the config on stdin.
+pub fn run_cni(
+    cluster: &Cluster,
+    node: &NodeSpec,
+    command: &str,
+    container_id: &str,
+    pod_netns: &Path,
+    pod: &PodRecord,
+) -> Result<serde_json::Value> {
+    let node_ns =
+        File::open(&node.netns).with_context(|| format!("opening {}", node.netns.display()))?;
+    let mut cmd = Command::new(self_exe()?);
+    cmd.arg0("cilium-cni")
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", pod_netns)
+        .env("CNI_IFNAME", &pod.ifname)
+        .env("CNI_PATH", cluster.dir.join("cni/bin"))
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                pod.namespace, pod.name
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    netns::enter_on_exec(&mut cmd, &node_ns);
+    let mut child = cmd.spawn().context("running the CNI plugin")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&serde_json::to_vec(&cluster.cni_conf(node))?)?;
+    }
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let msg = serde_json::from_str::<serde_json::Value>(&stdout)
+            .ok()
+            .and_then(|v| {
+                let m = v.get("msg")?.as_str()?.to_string();
+                let d = v
+                    .get("details")
+                    .and_then(|d| d.as_str())
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                Some(format!("{m}{d} (CNI error {})", v.get("code")?))
+            })
+            .unwrap_or_else(|| format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)));
+        bail!("CNI {command} failed: {msg}");
+    }
+    if stdout.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    Ok(serde_json::from_str(&stdout)?)
+}
+
+/// Options of `cilium local run`.
+pub struct RunOptions {
+    pub cluster: String,
+    pub name: String,
+    pub namespace: String,
+    pub node: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub detach: bool,
+    pub command: Vec<String>,
+}
+
+/// Starts a pod: its namespace, the CNI ADD, then the command inside it.
+/// Foreground pods are removed when the command ends; returns the exit code.
+pub async fn run(opts: RunOptions) -> Result<i32> {
+    check_name("pod", &opts.name)?;
+    let cluster = Cluster::load(&opts.cluster)?;
+    let node = cluster.node(opts.node.as_deref())?.clone();
+    if cluster.pod(&opts.name).is_ok() {
+        bail!(
+            "pod {:?} already exists in local cluster {}; remove it with `cilium local rm {}`",
+            opts.name,
+            cluster.name,
+            opts.name
+        );
+    }
+    if opts.command.is_empty() {
+        bail!(
+            "no command given: `cilium local run --name {} -- CMD...`",
+            opts.name
+        );
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let container_id: String = Sha256::digest(format!("{}/{}/{nanos}", cluster.name, opts.name))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let ns = add_netns(&netns_name(&cluster.name, &format!("pod-{}", opts.name))).await?;
+    let mut pod = PodRecord {
+        name: opts.name.clone(),
+        namespace: opts.namespace.clone(),
+        container_id: container_id.clone(),
+        netns: ns.clone(),
+        node: node.name.clone(),
+        ifname: "eth0".into(),
+        ipv4: None,
+        labels: opts.labels.clone(),
+        pid: None,
+    };
+    cluster.save_pod(&pod)?;
+    let result = match run_cni(&cluster, &node, "ADD", &container_id, &ns, &pod) {
+        Ok(r) => r,
+        Err(e) => {
+            del_netns(&ns).await;
+            let _ = std::fs::remove_file(cluster.pods_dir().join(format!("{}.json", pod.name)));
+            return Err(e);
+        }
+    };
+    pod.ipv4 = result
+        .get("ips")
+        .and_then(|i| i.get(0))
+        .and_then(|i| i.get("address"))
+        .and_then(|a| a.as_str())
+        .map(|a| a.split('/').next().unwrap_or(a).to_string());
+    cluster.save_pod(&pod)?;
+
+    let ns_file = File::open(&ns)?;
+    let mut cmd = Command::new(&opts.command[0]);
+    cmd.args(&opts.command[1..]);
+    netns::enter_on_exec(&mut cmd, &ns_file);
+    if opts.detach {
+        let log = File::create(cluster.pods_dir().join(format!("{}.log", pod.name)))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                remove_pod(&cluster, &pod).await;
+                bail!("starting {:?} in pod {}: {e}", opts.command[0], pod.name);
+            }
+        };
+        pod.pid = Some(child.id());
+        cluster.save_pod(&pod)?;
+        println!(
+            "pod {} running on {} with IP {}",
+            pod.name,
+            node.name,
+            pod.ipv4.as_deref().unwrap_or("?")
+        );
+        return Ok(0);
+    }
+    let status = cmd.status();
+    remove_pod(&cluster, &pod).await;
+    let status =
+        status.with_context(|| format!("running {:?} in pod {}", opts.command[0], pod.name))?;
+    Ok(status.code().unwrap_or(128))
+}
+
+/// Stops a pod's processes, runs CNI DEL and removes its namespace and record.
+async fn remove_pod(cluster: &Cluster, pod: &PodRecord) {
+    if let Some(pid) = pod.pid {
+        kill_group(pid);
+    }
+    if let Ok(node) = cluster.node(Some(&pod.node)) {
+        if let Err(e) = run_cni(cluster, node, "DEL", &pod.container_id, &pod.netns, pod) {
+            eprintln!("warning: {e}");
+        }
+    }
+    del_netns(&pod.netns).await;
+    let _ = std::fs::remove_file(cluster.pods_dir().join(format!("{}.json", pod.name)));
+    let _ = std::fs::remove_file(cluster.pods_dir().join(format!("{}.log", pod.name)));
+}
+
+pub async fn rm(cluster: &str, name: &str) -> Result<()> {
+    let cluster = Cluster::load(cluster)?;
+    let pod = cluster.pod(name)?;
+    remove_pod(&cluster, &pod).await;
+    Ok(())
+}
+
+/// Runs a command inside a pod's namespace; returns its exit code.
+pub fn exec(cluster: &str, name: &str, command: &[String]) -> Result<i32> {
+    let cluster = Cluster::load(cluster)?;
+    let pod = cluster.pod(name)?;
+    if command.is_empty() {
+        bail!("no command given: `cilium local exec {name} -- CMD...`");
+    }
+    let ns_file =
+        File::open(&pod.netns).with_context(|| format!("opening {}", pod.netns.display()))?;
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    netns::enter_on_exec(&mut cmd, &ns_file);
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {:?} in pod {name}", command[0]))?;
+    Ok(status.code().unwrap_or(128))
+}
+
+pub fn agent_alive(node: &NodeSpec) -> bool {
+    node.agent_pid.is_some_and(pid_alive)
+}

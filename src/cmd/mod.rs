@@ -1,0 +1,638 @@
+//! The command line: parse, call library code, render (table or `-o json|yaml`).
+pub mod local;
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::{
+    agent::{self, client::Client},
+    datapath::{self, loader, maps},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cilium",
+    version,
+    about = "eBPF-based networking, security and observability for Kubernetes, in one binary"
+)]
+pub struct Cli {
+    /// Agent API socket (default: /var/run/cilium/cilium.sock, or the only local cluster's node)
+    #[arg(short = 'H', long = "host", global = true, env = "CILIUM_SOCK")]
+    host: Option<PathBuf>,
+    /// Log level for agent logs (error, warn, info, debug, trace)
+    #[arg(long, global = true, default_value = "info", env = "CILIUM_LOG_LEVEL")]
+    log_level: String,
+    /// Log format: text or json
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print version, commit, build target and the embedded eBPF objects
+    Version {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Run the node agent (DaemonSet entrypoint)
+    Agent(agent::AgentConfig),
+    /// Show the agent's status
+    Status {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Inspect endpoints
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Inspect the eBPF maps
+    #[command(subcommand)]
+    Bpf(BpfCmd),
+    /// A local cluster of network namespaces on this host, with the real agent and datapath
+    #[command(subcommand)]
+    Local(LocalCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum EndpointCmd {
+    /// List the endpoints of the node
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BpfCmd {
+    /// Datapath metrics: forwarded and dropped packets by reason and direction
+    #[command(subcommand)]
+    Metrics(MapList),
+    /// The endpoints map (cilium_lxc) with per-endpoint counters
+    #[command(subcommand)]
+    Endpoint(MapList),
+}
+
+#[derive(Debug, Subcommand)]
+enum MapList {
+    /// List the map's entries
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+        /// bpffs directory of the node (default: the agent's)
+        #[arg(long)]
+        bpf_root: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ClusterArg {
+    /// Name of the local cluster
+    #[arg(
+        long = "cluster",
+        default_value = "default",
+        env = "CILIUM_LOCAL_CLUSTER"
+    )]
+    cluster: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum LocalCmd {
+    /// Create a local cluster (one node: a network namespace and its agent)
+    Up {
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Pod CIDR of the node
+        #[arg(long, default_value = "10.200.0.0/24")]
+        pod_cidr: ipnet::Ipv4Net,
+        /// How long to wait for the agent
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Remove a local cluster and everything it created (idempotent)
+    Down {
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// Show nodes, agents and pods of a local cluster
+    Status {
+        #[command(flatten)]
+        c: ClusterArg,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Start a pod through the real CNI plugin and run CMD inside it
+    Run {
+        #[command(flatten)]
+        c: ClusterArg,
+        /// Pod name
+        #[arg(long)]
+        name: String,
+        /// Kubernetes namespace of the pod
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Pod labels, k=v[,k=v...]
+        #[arg(long, value_parser = parse_labels, default_value = "")]
+        labels: BTreeMap<String, String>,
+        /// Node to run on (default: the first)
+        #[arg(long)]
+        node: Option<String>,
+        /// Leave the pod running in the background
+        #[arg(short, long)]
+        detach: bool,
+        /// The command to run in the pod
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run a command inside a running pod
+    Exec {
+        #[command(flatten)]
+        c: ClusterArg,
+        pod: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove a pod (CNI DEL, namespace, processes)
+    Rm {
+        #[command(flatten)]
+        c: ClusterArg,
+        pod: String,
+    },
+    /// Stop (and start again) a node's agent; the datapath keeps forwarding meanwhile
+    RestartAgent {
+        #[command(flatten)]
+        c: ClusterArg,
+        #[arg(long)]
+        node: Option<String>,
+        /// Only stop it
+        #[arg(long)]
+        stop: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 2m or 500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} is not a duration like 30s, 2m or 500ms")),
+    }
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut m = BTreeMap::new();
+    for kv in s.split(',').filter(|x| !x.is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("label {kv:?} is not key=value"))?;
+        if k.is_empty() {
+            return Err(format!("label {kv:?} has an empty key"));
+        }
+        m.insert(k.to_string(), v.to_string());
+    }
+    Ok(m)
+}
+
+/// Entry point with a prefix of arguments inserted (argv[0] dispatch); returns the exit code.
+pub fn main_with_prefix(prefix: &[&str]) -> i32 {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    for (i, p) in prefix.iter().enumerate() {
+        args.insert(1 + i, (*p).into());
+    }
+    let cli = Cli::parse_from(args);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_logging(level: &str, format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        let _ = b.json().try_init();
+    } else {
+        let _ = b.try_init();
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Version { output } => version(output),
+        Cmd::Agent(cfg) => {
+            init_logging(&cli.log_level, &cli.log_format);
+            // Enter the node's namespace before any thread exists, so every thread is in it.
+            if let Some(ns) = &cfg.netns {
+                datapath::netns::enter(ns)?;
+            }
+            runtime()?.block_on(agent::run(cfg))?;
+            Ok(0)
+        }
+        Cmd::Status { output } => {
+            let client = Client::new(resolve_socket(cli.host)?);
+            let st = runtime()?.block_on(client.status())?;
+            render(output, &st, || {
+                format!(
+                    "Node:                   {}\nCilium:                 {} ({})\nPod CIDR:               {}{}\nRouter IP:              {}\nEndpoints:              {}\nIPAM:                   {} allocated\nBPF root:               {}\nKubeProxyReplacement:   {}\nUptime:                 {}s\n",
+                    st.node_name,
+                    st.state,
+                    st.version,
+                    st.pod_cidr_v4,
+                    st.pod_cidr_v6.map(|c| format!(", {c}")).unwrap_or_default(),
+                    st.router_ipv4,
+                    st.endpoints,
+                    st.ipam_used,
+                    st.bpf_root,
+                    st.kube_proxy_replacement,
+                    st.uptime_seconds
+                )
+            })
+        }
+        Cmd::Endpoint(EndpointCmd::List { output }) => {
+            let client = Client::new(resolve_socket(cli.host)?);
+            let eps = runtime()?.block_on(client.endpoints())?;
+            render(output, &eps, || {
+                let mut s = format!(
+                    "{:<8} {:<15} {:<16} {:<30} {:<17} {}\n",
+                    "ENDPOINT", "IPv4", "INTERFACE", "POD", "CONTAINER", "STATE"
+                );
+                for e in &eps {
+                    let pod = match (&e.k8s_namespace, &e.k8s_pod_name) {
+                        (Some(ns), Some(p)) => format!("{ns}/{p}"),
+                        (None, Some(p)) => p.clone(),
+                        _ => "-".into(),
+                    };
+                    s += &format!(
+                        "{:<8} {:<15} {:<16} {:<30} {:<17} {}\n",
+                        e.id,
+                        e.ipv4,
+                        e.host_ifname,
+                        pod,
+                        &e.container_id[..e.container_id.len().min(12)],
+                        e.state
+                    );
+                }
+                s
+            })
+        }
+        Cmd::Bpf(BpfCmd::Metrics(MapList::List { output, bpf_root })) => {
+            let root = resolve_bpf_root(cli.host, bpf_root)?;
+            let entries: Vec<agent::models::MetricEntry> = loader::read_metrics(&root)?
+                .into_iter()
+                .map(|(k, v)| agent::models::MetricEntry {
+                    reason: k.reason,
+                    reason_name: maps::reason_name(k.reason).into(),
+                    direction: maps::direction_name(k.dir).into(),
+                    packets: v.packets,
+                    bytes: v.bytes,
+                })
+                .collect();
+            render(output, &entries, || {
+                let mut s = format!(
+                    "{:<8} {:<28} {:<10} {:>10} {:>12}\n",
+                    "REASON", "DESCRIPTION", "DIRECTION", "PACKETS", "BYTES"
+                );
+                for e in &entries {
+                    s += &format!(
+                        "{:<8} {:<28} {:<10} {:>10} {:>12}\n",
+                        e.reason, e.reason_name, e.direction, e.packets, e.bytes
+                    );
+                }
+                s
+            })
+        }
+        Cmd::Bpf(BpfCmd::Endpoint(MapList::List { output, bpf_root })) => {
+            let root = resolve_bpf_root(cli.host, bpf_root)?;
+            let stats: BTreeMap<u32, maps::EpStats> =
+                loader::read_ep_stats(&root)?.into_iter().collect();
+            let rows = loader::read_endpoints(&root)?;
+            #[derive(Serialize)]
+            struct Row {
+                ip: String,
+                id: u16,
+                ifindex: u32,
+                mac: String,
+                node_mac: String,
+                from_endpoint_packets: u64,
+                from_endpoint_bytes: u64,
+                to_endpoint_packets: u64,
+                to_endpoint_bytes: u64,
+            }
+            let rows: Vec<Row> = rows
+                .into_iter()
+                .map(|(k, v)| {
+                    let s = stats.get(&(v.lxc_id as u32)).copied().unwrap_or_default();
+                    Row {
+                        ip: k.addr().to_string(),
+                        id: v.lxc_id,
+                        ifindex: v.ifindex,
+                        mac: datapath::link::mac_string(&v.mac),
+                        node_mac: datapath::link::mac_string(&v.node_mac),
+                        from_endpoint_packets: s.from_ep_packets,
+                        from_endpoint_bytes: s.from_ep_bytes,
+                        to_endpoint_packets: s.to_ep_packets,
+                        to_endpoint_bytes: s.to_ep_bytes,
+                    }
+                })
+                .collect();
+            render(output, &rows, || {
+                let mut s = format!(
+                    "{:<15} {:<6} {:<8} {:<18} {:>10} {:>10}\n",
+                    "IP", "ID", "IFINDEX", "MAC", "TX-PKTS", "RX-PKTS"
+                );
+                for r in &rows {
+                    s += &format!(
+                        "{:<15} {:<6} {:<8} {:<18} {:>10} {:>10}\n",
+                        r.ip,
+                        r.id,
+                        r.ifindex,
+                        r.mac,
+                        r.from_endpoint_packets,
+                        r.to_endpoint_packets
+                    );
+                }
+                s
+            })
+        }
+        Cmd::Local(l) => run_local(l),
+    }
+}
+
+fn run_local(cmd: LocalCmd) -> Result<i32> {
+    let rt = runtime()?;
+    match cmd {
+        LocalCmd::Up {
+            name,
+            pod_cidr,
+            timeout,
+        } => {
+            let start = std::time::Instant::now();
+            let c = rt.block_on(local::up(local::UpOptions {
+                name: name.clone(),
+                pod_cidr,
+                timeout,
+            }))?;
+            let n = &c.nodes[0];
+            println!(
+                "✅ local cluster {name:?} is up in {:.1}s: node {} (pod CIDR {}), agent socket {}",
+                start.elapsed().as_secs_f64(),
+                n.name,
+                n.pod_cidr,
+                n.socket.display()
+            );
+            println!("   start a pod:  cilium local run --cluster {name} --name web -d -- sleep infinity");
+            Ok(0)
+        }
+        LocalCmd::Down { name } => {
+            let removed = rt.block_on(local::down(&name))?;
+            if removed.is_empty() {
+                println!("local cluster {name:?}: nothing to remove");
+            } else {
+                println!("🔥 local cluster {name:?} removed: {}", removed.join(", "));
+            }
+            Ok(0)
+        }
+        LocalCmd::Status { c, output } => {
+            let cluster = local::Cluster::load(&c.cluster)?;
+            #[derive(Serialize)]
+            struct View {
+                cluster: String,
+                nodes: Vec<NodeView>,
+                pods: Vec<local::PodRecord>,
+            }
+            #[derive(Serialize)]
+            struct NodeView {
+                name: String,
+                pod_cidr: String,
+                agent: String,
+                endpoints: Option<usize>,
+            }
+            let nodes = cluster
+                .nodes
+                .iter()
+                .map(|n| {
+                    let st = rt.block_on(Client::new(&n.socket).status()).ok();
+                    NodeView {
+                        name: n.name.clone(),
+                        pod_cidr: n.pod_cidr.to_string(),
+                        agent: if st.is_some() {
+                            "running".into()
+                        } else if local::agent_alive(n) {
+                            "not answering".into()
+                        } else {
+                            "stopped".into()
+                        },
+                        endpoints: st.map(|s| s.endpoints),
+                    }
+                })
+                .collect();
+            let v = View {
+                cluster: cluster.name.clone(),
+                nodes,
+                pods: cluster.pods(),
+            };
+            render(output, &v, || {
+                let mut s = format!(
+                    "Cluster: {}\n\n{:<10} {:<18} {:<14} {}\n",
+                    v.cluster, "NODE", "POD CIDR", "AGENT", "ENDPOINTS"
+                );
+                for n in &v.nodes {
+                    s += &format!(
+                        "{:<10} {:<18} {:<14} {}\n",
+                        n.name,
+                        n.pod_cidr,
+                        n.agent,
+                        n.endpoints.map(|e| e.to_string()).unwrap_or("-".into())
+                    );
+                }
+                s += &format!(
+                    "\n{:<16} {:<10} {:<15} {}\n",
+                    "POD", "NODE", "IPv4", "LABELS"
+                );
+                for p in &v.pods {
+                    let labels: Vec<String> =
+                        p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    s += &format!(
+                        "{:<16} {:<10} {:<15} {}\n",
+                        p.name,
+                        p.node,
+                        p.ipv4.as_deref().unwrap_or("-"),
+                        labels.join(",")
+                    );
+                }
+                s
+            })
+        }
+        LocalCmd::Run {
+            c,
+            name,
+            namespace,
+            labels,
+            node,
+            detach,
+            command,
+        } => rt.block_on(local::run(local::RunOptions {
+            cluster: c.cluster,
+            name,
+            namespace,
+            node,
+            labels,
+            detach,
+            command,
+        })),
+        LocalCmd::Exec { c, pod, command } => local::exec(&c.cluster, &pod, &command),
+        LocalCmd::Rm { c, pod } => {
+            rt.block_on(local::rm(&c.cluster, &pod))?;
+            println!("pod {pod} removed");
+            Ok(0)
+        }
+        LocalCmd::RestartAgent { c, node, stop } => {
+            rt.block_on(local::restart_agent(&c.cluster, node.as_deref(), stop))?;
+            println!("agent {}", if stop { "stopped" } else { "restarted" });
+            Ok(0)
+        }
+    }
+}
+
+/// The agent socket: -H, else the default path, else the only local cluster's first node.
+fn resolve_socket(host: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(h) = host {
+        return Ok(PathBuf::from(
+            h.to_string_lossy().trim_start_matches("unix://"),
+        ));
+    }
+    let default = PathBuf::from(crate::cni::spec::DEFAULT_AGENT_SOCKET);
+    if default.exists() {
+        return Ok(default);
+    }
+    Ok(single_local_node()?.socket)
+}
+
+fn single_local_node() -> Result<local::NodeSpec> {
+    let clusters = local::Cluster::list();
+    match clusters.as_slice() {
+        [one] => Ok(local::Cluster::load(one)?.node(None)?.clone()),
+        [] => bail!(
+            "no agent found: {} does not exist and no local cluster is up; start one with `cilium local up` or pass -H <socket>",
+            crate::cni::spec::DEFAULT_AGENT_SOCKET
+        ),
+        many => bail!("several local clusters are up ({}): pass -H <socket> to pick an agent", many.join(", ")),
+    }
+}
+
+fn resolve_bpf_root(host: Option<PathBuf>, root: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(r) = root {
+        return Ok(r);
+    }
+    if let Some(h) = host {
+        let st = runtime()?.block_on(Client::new(h).status())?;
+        return Ok(PathBuf::from(st.bpf_root));
+    }
+    let default = PathBuf::from("/sys/fs/bpf/cilium");
+    if default.exists() {
+        return Ok(default);
+    }
+    Ok(single_local_node()?.bpf_root)
+}
+
+fn render<T: Serialize>(output: Output, v: &T, table: impl FnOnce() -> String) -> Result<i32> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(v)?),
+        Output::Table => print!("{}", table()),
+    }
+    Ok(0)
+}
+
+fn version(output: Output) -> Result<i32> {
+    #[derive(Serialize)]
+    struct Obj {
+        name: &'static str,
+        size: usize,
+        sha256: String,
+    }
+    #[derive(Serialize)]
+    struct V {
+        version: &'static str,
+        commit: &'static str,
+        target: &'static str,
+        objects: Vec<Obj>,
+    }
+    let v = V {
+        version: crate::VERSION,
+        commit: crate::GIT_COMMIT,
+        target: crate::BUILD_TARGET,
+        objects: datapath::embedded_objects()
+            .into_iter()
+            .map(|(name, bytes)| Obj {
+                name,
+                size: bytes.len(),
+                sha256: datapath::object_digest(bytes),
+            })
+            .collect(),
+    };
+    render(output, &v, || {
+        let mut s = format!(
+            "cilium {} (commit {}, {})\neBPF objects:\n",
+            v.version, v.commit, v.target
+        );
+        for o in &v.objects {
+            s += &format!(
+                "  {:<14} {:>8} bytes  sha256:{}\n",
+                o.name, o.size, o.sha256
+            );
+        }
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_labels_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").is_err());
+        let l = parse_labels("app=web,tier=front").unwrap();
+        assert_eq!(l.get("app").map(String::as_str), Some("web"));
+        assert!(parse_labels("app").unwrap_err().contains("key=value"));
+        assert!(parse_labels("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

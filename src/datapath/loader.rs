@@ -1,0 +1,397 @@
+//! Loads the embedded endpoint program with its maps pinned under the node's bpffs
+//! directory, and attaches it with TCX to pod links through pinned links, so an
+//! agent restart neither detaches programs nor loses map state.
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuHashMap},
+    programs::{
+        links::{FdLink, LinkError as AyaLinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+
+use super::maps::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("bpffs is not mounted at /sys/fs/bpf and mounting it failed: {0}; mount it with `mount -t bpf bpf /sys/fs/bpf`")]
+    BpffsMount(#[source] nix::Error),
+    #[error("creating {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the eBPF object {object}: {source}")]
+    Load {
+        object: &'static str,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("eBPF program {0} is missing from the object (build mismatch)")]
+    MissingProgram(&'static str),
+    #[error("eBPF map {0} is missing from the object (build mismatch)")]
+    MissingMap(&'static str),
+    #[error("{op} of program {program}: {source}")]
+    Program {
+        op: &'static str,
+        program: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("{op} of link pin {path}: {source}")]
+    Link {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+}
+
+type Result<T> = std::result::Result<T, DatapathError>;
+
+const PROG_FROM_CONTAINER: &str = "cil_from_container";
+const PROG_TO_CONTAINER: &str = "cil_to_container";
+
+/// Makes sure a bpf filesystem is mounted at /sys/fs/bpf.
+pub fn ensure_bpffs() -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if is_bpffs(root) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root).map_err(|source| DatapathError::Dir {
+        path: root.into(),
+        source,
+    })?;
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(DatapathError::BpffsMount)
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    nix::sys::statfs::statfs(p)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// The loaded endpoint datapath of one node.
+pub struct Datapath {
+    ebpf: Ebpf,
+    root: PathBuf,
+}
+
+/// One pod link's attachment, named by the host-side link.
+fn link_pins(root: &Path, host_ifname: &str) -> [(PathBuf, &'static str, TcAttachType); 2] {
+    let links = root.join("links");
+    [
+        (
+            links.join(format!("{host_ifname}_from")),
+            PROG_FROM_CONTAINER,
+            TcAttachType::Ingress,
+        ),
+        (
+            links.join(format!("{host_ifname}_to")),
+            PROG_TO_CONTAINER,
+            TcAttachType::Egress,
+        ),
+    ]
+}
+
+fn link_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(AyaLinkError) -> DatapathError + 'a {
+    move |e| DatapathError::Link {
+        op,
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    }
+}
+
+impl Datapath {
+    /// Loads bpf_lxc with its maps pinned (or re-opened) under `root`.
+    pub fn load(root: &Path) -> Result<Self> {
+        ensure_bpffs()?;
+        for dir in [root.to_path_buf(), root.join("links")] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| DatapathError::Dir { path: dir, source })?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(root)
+            .load(super::BPF_LXC)
+            .map_err(|e| DatapathError::Load {
+                object: "bpf_lxc.o",
+                source: Box::new(e),
+            })?;
+        for name in [PROG_FROM_CONTAINER, PROG_TO_CONTAINER] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|e| DatapathError::Program {
+                    op: "type check",
+                    program: name,
+                    source: Box::new(e),
+                })?;
+            prog.load().map_err(|e| DatapathError::Program {
+                op: "verifier load",
+                program: name,
+                source: Box::new(e),
+            })?;
+        }
+        Ok(Self {
+            ebpf,
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(|e| DatapathError::Program {
+                op: "type check",
+                program: name,
+                source: Box::new(e),
+            })
+    }
+
+    /// Attaches (or, when pinned links exist already, atomically updates) both
+    /// programs on the host side of a pod link, and pins the links.
+    pub fn attach_endpoint(&mut self, host_ifname: &str) -> Result<()> {
+        for (pin, name, attach_type) in link_pins(&self.root, host_ifname) {
+            let prog = self.program(name)?;
+            let prog_err = |op: &'static str| {
+                move |e| DatapathError::Program {
+                    op,
+                    program: name,
+                    source: Box::new(e),
+                }
+            };
+            // Adopt an existing link: swap in the freshly loaded program without a gap.
+            let mut adopted = None;
+            if pin.exists() {
+                let old = PinnedLink::from_pin(&pin).map_err(link_err("open", &pin))?;
+                let fd: FdLink = old.unpin().map_err(|e| DatapathError::Link {
+                    op: "unpin",
+                    path: pin.clone(),
+                    source: Box::new(e),
+                })?;
+                if let Ok(link) = SchedClassifierLink::try_from(fd) {
+                    adopted = prog.attach_to_link(link).ok();
+                }
+            }
+            let id = match adopted {
+                Some(id) => id,
+                None => prog
+                    .attach_with_options(
+                        host_ifname,
+                        attach_type,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(prog_err("TCX attach"))?,
+            };
+            let link = prog.take_link(id).map_err(prog_err("take link"))?;
+            let fd: FdLink = link.try_into().map_err(link_err("convert", &pin))?;
+            fd.pin(&pin).map_err(|e| DatapathError::Link {
+                op: "pin",
+                path: pin.clone(),
+                source: Box::new(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Is this pod link attached (pins present)?
+    pub fn is_attached(&self, host_ifname: &str) -> bool {
+        link_pins(&self.root, host_ifname)
+            .iter()
+            .all(|(p, _, _)| p.exists())
+    }
+
+    /// Detaches both programs from a pod link and removes their pins. Missing pins are fine.
+    pub fn detach_endpoint(&mut self, host_ifname: &str) -> Result<()> {
+        detach_pins(&self.root, host_ifname)
+    }
+
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))?;
+        HashMap::try_from(map).map_err(|e| DatapathError::Map {
+            map: name,
+            source: Box::new(e),
+        })
+    }
+
+    /// Writes an endpoint into cilium_lxc and cilium_lxc_if.
+    pub fn upsert_endpoint(&mut self, key: EndpointKey, info: EndpointInfo) -> Result<()> {
+        let map_err = |map| {
+            move |e| DatapathError::Map {
+                map,
+                source: Box::new(e),
+            }
+        };
+        self.hash_map::<EndpointKey, EndpointInfo>(MAP_ENDPOINTS)?
+            .insert(key, info, 0)
+            .map_err(map_err(MAP_ENDPOINTS))?;
+        self.hash_map::<LxcIfKey, EndpointKey>(MAP_LXC_IF)?
+            .insert(
+                LxcIfKey {
+                    ifindex: info.ifindex,
+                },
+                key,
+                0,
+            )
+            .map_err(map_err(MAP_LXC_IF))?;
+        Ok(())
+    }
+
+    /// Removes an endpoint from the maps; entries already gone are fine.
+    pub fn remove_endpoint(&mut self, key: EndpointKey, ifindex: u32, lxc_id: u16) -> Result<()> {
+        let _ = self
+            .hash_map::<EndpointKey, EndpointInfo>(MAP_ENDPOINTS)?
+            .remove(&key);
+        let mut lxc_if = self.hash_map::<LxcIfKey, EndpointKey>(MAP_LXC_IF)?;
+        if lxc_if.get(&LxcIfKey { ifindex }, 0).ok() == Some(key) {
+            let _ = lxc_if.remove(&LxcIfKey { ifindex });
+        }
+        let map = self
+            .ebpf
+            .map_mut(MAP_EP_STATS)
+            .ok_or(DatapathError::MissingMap(MAP_EP_STATS))?;
+        let mut stats: PerCpuHashMap<&mut MapData, EpStatsKey, EpStats> =
+            PerCpuHashMap::try_from(map).map_err(|e| DatapathError::Map {
+                map: MAP_EP_STATS,
+                source: Box::new(e),
+            })?;
+        let _ = stats.remove(&EpStatsKey {
+            lxc_id: lxc_id as u32,
+        });
+        Ok(())
+    }
+
+    /// Current endpoints map content.
+    pub fn endpoints(&mut self) -> Result<Vec<(EndpointKey, EndpointInfo)>> {
+        let m = self.hash_map::<EndpointKey, EndpointInfo>(MAP_ENDPOINTS)?;
+        Ok(m.iter().filter_map(|r| r.ok()).collect())
+    }
+}
+
+/// Removes a pod link's pinned TCX links (detaching the programs).
+pub fn detach_pins(root: &Path, host_ifname: &str) -> Result<()> {
+    for (pin, _, _) in link_pins(root, host_ifname) {
+        if !pin.exists() {
+            continue;
+        }
+        match PinnedLink::from_pin(&pin) {
+            Ok(l) => {
+                // Dropping the last reference releases the TCX link: the program detaches.
+                drop(l.unpin());
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Summed per-CPU metrics from the pinned cilium_metrics map under `root`.
+pub fn read_metrics(root: &Path) -> Result<Vec<(MetricsKey, MetricsValue)>> {
+    let data = MapData::from_pin(root.join(MAP_METRICS)).map_err(|e| DatapathError::Map {
+        map: MAP_METRICS,
+        source: Box::new(e),
+    })?;
+    let map: PerCpuHashMap<MapData, MetricsKey, MetricsValue> =
+        PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data)).map_err(|e| {
+            DatapathError::Map {
+                map: MAP_METRICS,
+                source: Box::new(e),
+            }
+        })?;
+    let mut out: Vec<(MetricsKey, MetricsValue)> = map
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(k, per_cpu)| {
+            let mut sum = MetricsValue::default();
+            for v in per_cpu.iter() {
+                sum.packets += v.packets;
+                sum.bytes += v.bytes;
+            }
+            (k, sum)
+        })
+        .collect();
+    out.sort_by_key(|(k, _)| (k.reason, k.dir));
+    Ok(out)
+}
+
+/// Summed per-CPU counters of each endpoint from the pinned cilium_ep_stats map under `root`.
+pub fn read_ep_stats(root: &Path) -> Result<Vec<(u32, EpStats)>> {
+    let data = MapData::from_pin(root.join(MAP_EP_STATS)).map_err(|e| DatapathError::Map {
+        map: MAP_EP_STATS,
+        source: Box::new(e),
+    })?;
+    let map: PerCpuHashMap<MapData, EpStatsKey, EpStats> =
+        PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data)).map_err(|e| {
+            DatapathError::Map {
+                map: MAP_EP_STATS,
+                source: Box::new(e),
+            }
+        })?;
+    Ok(map
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(k, per_cpu)| {
+            let mut s = EpStats::default();
+            for v in per_cpu.iter() {
+                s.from_ep_packets += v.from_ep_packets;
+                s.from_ep_bytes += v.from_ep_bytes;
+                s.to_ep_packets += v.to_ep_packets;
+                s.to_ep_bytes += v.to_ep_bytes;
+            }
+            (k.lxc_id, s)
+        })
+        .collect())
+}
+
+/// The pinned cilium_lxc map under `root`.
+pub fn read_endpoints(root: &Path) -> Result<Vec<(EndpointKey, EndpointInfo)>> {
+    let data = MapData::from_pin(root.join(MAP_ENDPOINTS)).map_err(|e| DatapathError::Map {
+        map: MAP_ENDPOINTS,
+        source: Box::new(e),
+    })?;
+    let map: HashMap<MapData, EndpointKey, EndpointInfo> =
+        HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|e| DatapathError::Map {
+            map: MAP_ENDPOINTS,
+            source: Box::new(e),
+        })?;
+    Ok(map.iter().filter_map(|r| r.ok()).collect())
+}
