@@ -1,0 +1,144 @@
+//! Helpers for privileged integration tests: a local cluster guard that always
+//! tears down, the built binary, and sockets opened inside pod namespaces.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cilium");
+
+/// True when the test can run; in CI (CI=true) a missing privilege is a failure, never a skip.
+pub fn privileged() -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("privileged test needs root, and CI=true forbids skipping it");
+        }
+        eprintln!("skipping: privileged test needs root");
+    }
+    root
+}
+
+pub fn cilium(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the cilium binary")
+}
+
+/// Runs and asserts success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = cilium(args);
+    assert!(
+        out.status.success(),
+        "cilium {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A local cluster that is removed when the guard drops, even when the test panics.
+pub struct LocalCluster {
+    pub name: String,
+}
+
+impl LocalCluster {
+    pub fn up(name: &str, pod_cidr: &str) -> Self {
+        // A leftover of an interrupted earlier run goes first.
+        let _ = cilium(&["local", "down", "--name", name]);
+        let c = LocalCluster { name: name.to_string() };
+        ok(&["local", "up", "--name", name, "--pod-cidr", pod_cidr]);
+        c
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        Path::new("/var/run/cilium-local").join(&self.name)
+    }
+
+    pub fn socket(&self) -> String {
+        self.dir().join("nodes/node1/cilium.sock").display().to_string()
+    }
+
+    pub fn node_netns(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/netns/cilium-{}-node1", self.name))
+    }
+
+    pub fn pod_netns(&self, pod: &str) -> PathBuf {
+        PathBuf::from(format!("/var/run/netns/cilium-{}-pod-{pod}", self.name))
+    }
+
+    pub fn bpf_root(&self) -> String {
+        format!("/sys/fs/bpf/cilium-local-{}/node1", self.name)
+    }
+
+    /// Starts a detached pod running `sleep infinity`; returns its IPv4 address.
+    pub fn pod(&self, name: &str) -> String {
+        let out = ok(&["local", "run", "--cluster", &self.name, "--name", name, "-d", "--", "sleep", "infinity"]);
+        out.trim().rsplit(' ').next().expect("pod IP in output").to_string()
+    }
+
+    /// Runs a command in a pod; returns its output.
+    pub fn exec(&self, pod: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["local", "exec", "--cluster", &self.name, pod, "--"];
+        args.extend_from_slice(cmd);
+        cilium(&args)
+    }
+
+    pub fn ping(&self, pod: &str, dst: &str) -> bool {
+        self.exec(pod, &["ping", "-c", "1", "-W", "2", dst]).status.success()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let socket = self.socket();
+        let mut a = vec!["-H", socket.as_str()];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&ok(&a)).expect("JSON output")
+    }
+
+    /// Packets counted in the metrics map for a reason and direction.
+    pub fn metric(&self, reason: u64, direction: &str) -> u64 {
+        let root = self.bpf_root();
+        let out = ok(&["bpf", "metrics", "list", "--bpf-root", &root, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == reason && e["direction"] == direction)
+            .map(|e| e["packets"].as_u64().unwrap())
+            .sum()
+    }
+
+    /// Names of the links in the node's namespace.
+    pub fn node_links(&self) -> Vec<String> {
+        links_in(&self.node_netns())
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let out = cilium(&["local", "down", "--name", &self.name]);
+        if !out.status.success() {
+            eprintln!("local down failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+/// Link names inside a namespace.
+pub fn links_in(ns: &Path) -> Vec<String> {
+    cilium::datapath::netns::block_on_in_netns(ns, || async {
+        let nl = cilium::datapath::link::Netlink::connect().unwrap();
+        nl.links().await.unwrap().into_iter().map(|l| l.name).collect::<Vec<_>>()
+    })
+    .expect("entering namespace")
+}
+
+/// Runs `f` inside a namespace (sockets it opens stay there).
+pub fn in_ns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> T {
+    cilium::datapath::netns::in_netns(ns, f).expect("entering namespace")
+}
