@@ -1,0 +1,116 @@
+//! Privileged, real client: podman (CNI backend, runc, --rootfs of busybox-static)
+//! runs containers on the project's CNI configuration inside a local cluster node.
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use common::*;
+
+struct Podman {
+    dir: PathBuf,
+    node_netns: PathBuf,
+}
+
+impl Podman {
+    fn new(c: &LocalCluster) -> Self {
+        let dir = std::env::temp_dir().join(format!("cilium-podman-{}", c.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rootfs = dir.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed (install/deps.sh)");
+        for tool in ["sh", "ping", "sleep", "ip", "nc"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+        }
+        let cni = c.dir().join("cni");
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\nnetwork_config_dir = \"{}\"\ndefault_network = \"cilium\"\n\
+                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 [containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n",
+                cni.join("bin").display(),
+                cni.join("net.d").display()
+            ),
+        )
+        .unwrap();
+        Podman { dir, node_netns: c.node_netns() }
+    }
+
+    /// podman, run in the node's namespace (the runtime's host), with its own storage.
+    fn run(&self, args: &[&str]) -> Output {
+        let ns = std::fs::File::open(&self.node_netns).unwrap();
+        let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .arg("--root")
+            .arg(self.dir.join("storage"))
+            .arg("--runroot")
+            .arg(self.dir.join("run"))
+            .args(args);
+        cilium::datapath::netns::enter_on_exec(&mut cmd, &ns);
+        cmd.output().expect("podman is installed (install/deps.sh)")
+    }
+
+    fn rootfs(&self) -> String {
+        self.dir.join("rootfs").display().to_string()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "-a", "-f", "-t", "0"]);
+        let storage = self.dir.join("storage");
+        // Overlay mounts of podman's storage must go before the directory can.
+        let _ = self.run(&["system", "reset", "-f"]);
+        let _ = Command::new("umount").arg("-R").arg(&storage).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn endpoint_ip(c: &LocalCluster, pod: &str) -> Option<String> {
+    c.json(&["endpoint", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["k8s_pod_name"] == pod)
+        .map(|e| e["ipv4"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn podman_containers_get_network_and_reach_each_other() {
+    if !privileged() {
+        return;
+    }
+    let c = LocalCluster::up("t-podman", "10.230.0.0/24");
+    let p = Podman::new(&c);
+    let rootfs = p.rootfs();
+
+    let out = p.run(&["run", "-d", "--name", "web", "--rootfs", &rootfs, "sleep", "300"]);
+    assert!(out.status.success(), "podman run: {}", String::from_utf8_lossy(&out.stderr));
+    let web_ip = endpoint_ip(&c, "web").expect("podman's ADD registered an endpoint named after the container");
+    assert!(web_ip.starts_with("10.230.0."), "got our address, not podman's fallback bridge: {web_ip}");
+
+    // A second container pings the first, and shows an address of ours on eth0.
+    let script = format!("ip -4 addr show eth0 && ping -c 2 -W 2 {web_ip}");
+    let out = p.run(&["run", "--rm", "--name", "client", "--rootfs", &rootfs, "sh", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client -> web: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("inet 10.230.0."), "{stdout}");
+    assert!(stdout.contains("2 packets received"), "{stdout}");
+
+    // --rm triggered DEL for the client; rm -f triggers DEL for web: every address is released.
+    let out = p.run(&["rm", "-f", "-t", "0", "web"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = c.json(&["status"]);
+    assert_eq!(st["ipam_used"], 0, "podman rm released the addresses: {st}");
+    assert_eq!(st["endpoints"], 0);
+    assert!(
+        !c.node_links().iter().any(|l| l.starts_with("lxc")),
+        "no pod links left: {:?}",
+        c.node_links()
+    );
+    assert!(Path::new(&rootfs).exists());
+}
