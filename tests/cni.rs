@@ -19,7 +19,10 @@ struct Cni<'a> {
 
 impl<'a> Cni<'a> {
     fn new(c: &'a LocalCluster) -> Self {
-        Self { c, socket: c.socket() }
+        Self {
+            c,
+            socket: c.socket(),
+        }
     }
 
     fn conf(&self, version: &str) -> Value {
@@ -36,7 +39,10 @@ impl<'a> Cni<'a> {
             .env("CNI_CONTAINERID", container)
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", "/opt/cni/bin")
-            .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p")
+            .env(
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p",
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -52,11 +58,21 @@ impl<'a> Cni<'a> {
     }
 
     fn add(&self, version: &str, container: &str, netns: &str) -> (bool, Value) {
-        self.call("ADD", container, netns, self.conf(version).to_string().as_bytes())
+        self.call(
+            "ADD",
+            container,
+            netns,
+            self.conf(version).to_string().as_bytes(),
+        )
     }
 
     fn del(&self, container: &str, netns: &str) -> (bool, Value) {
-        self.call("DEL", container, netns, self.conf("1.1.0").to_string().as_bytes())
+        self.call(
+            "DEL",
+            container,
+            netns,
+            self.conf("1.1.0").to_string().as_bytes(),
+        )
     }
 
     fn netns(&self, name: &str) -> String {
@@ -74,7 +90,11 @@ impl<'a> Cni<'a> {
     }
 
     fn lxc_links(&self) -> Vec<String> {
-        self.c.node_links().into_iter().filter(|l| l.starts_with("lxc") || l.starts_with("tmp")).collect()
+        self.c
+            .node_links()
+            .into_iter()
+            .filter(|l| l.starts_with("lxc") || l.starts_with("tmp"))
+            .collect()
     }
 }
 
@@ -94,9 +114,16 @@ fn add_answers_in_each_spec_version_and_del_is_idempotent() {
         let ip = &res["ips"][0];
         assert!(ip["address"].as_str().unwrap().ends_with("/32"), "{res}");
         assert_eq!(ip["gateway"], "10.220.0.1");
-        assert_eq!(ip.get("version").is_some(), version.starts_with("0."), "ips[].version only before 1.0.0: {res}");
+        assert_eq!(
+            ip.get("version").is_some(),
+            version.starts_with("0."),
+            "ips[].version only before 1.0.0: {res}"
+        );
         assert_eq!(res["interfaces"][1]["sandbox"], ns.as_str());
-        assert!(res["interfaces"][0]["name"].as_str().unwrap().starts_with("lxc"));
+        assert!(res["interfaces"][0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("lxc"));
 
         // CHECK with the result as prevResult passes.
         let mut conf = cni.conf(version);
@@ -116,7 +143,12 @@ fn add_answers_in_each_spec_version_and_del_is_idempotent() {
     assert!(cni.del("ctr-1", "").0, "DEL with empty CNI_NETNS succeeds");
     assert!(cni.del("never-added", "/var/run/netns/does-not-exist").0);
     assert_eq!(cni.ipam_used(), 2, "DEL released the addresses");
-    assert_eq!(cni.lxc_links().len(), 2, "DEL removed the links: {:?}", cni.lxc_links());
+    assert_eq!(
+        cni.lxc_links().len(),
+        2,
+        "DEL removed the links: {:?}",
+        cni.lxc_links()
+    );
 
     // A released address is handed out again.
     let ns = cni.netns("again");
@@ -125,7 +157,12 @@ fn add_answers_in_each_spec_version_and_del_is_idempotent() {
     assert_eq!(res["ips"][0]["address"], "10.220.0.2/32");
 
     // CHECK of an unknown container: code 3.
-    let (checked, err) = cni.call("CHECK", "unknown", &ns, cni.conf("1.1.0").to_string().as_bytes());
+    let (checked, err) = cni.call(
+        "CHECK",
+        "unknown",
+        &ns,
+        cni.conf("1.1.0").to_string().as_bytes(),
+    );
     assert!(!checked);
     assert_eq!(err["code"], 3, "{err}");
 
@@ -135,10 +172,18 @@ fn add_answers_in_each_spec_version_and_del_is_idempotent() {
     let (gc_ok, out) = cni.call("GC", "", "", conf.to_string().as_bytes());
     assert!(gc_ok, "GC: {out}");
     assert_eq!(cni.ipam_used(), 1);
-    assert_eq!(cni.lxc_links().len(), 1, "GC removed stale links: {:?}", cni.lxc_links());
+    assert_eq!(
+        cni.lxc_links().len(),
+        1,
+        "GC removed stale links: {:?}",
+        cni.lxc_links()
+    );
 
     // STATUS: agent up -> success.
-    assert!(cni.call("STATUS", "", "", cni.conf("1.1.0").to_string().as_bytes()).0);
+    assert!(
+        cni.call("STATUS", "", "", cni.conf("1.1.0").to_string().as_bytes())
+            .0
+    );
 }
 
 #[test]
@@ -159,7 +204,10 @@ fn bad_input_gets_spec_errors_and_changes_nothing() {
     let (ok_, err) = cni.add("0.2.0", "c1", &ns);
     assert!(!ok_);
     assert_eq!(err["code"], 1, "unknown cniVersion: {err}");
-    assert!(err["msg"].as_str().unwrap().contains("1.1.0"), "lists supported versions: {err}");
+    assert!(
+        err["msg"].as_str().unwrap().contains("1.1.0"),
+        "lists supported versions: {err}"
+    );
 
     let (ok_, err) = cni.add("1.0.0", "c1", "");
     assert!(!ok_);
@@ -175,7 +223,10 @@ fn bad_input_gets_spec_errors_and_changes_nothing() {
     let (ok_, err) = cni.call("ADD", "c1", &ns, conf.to_string().as_bytes());
     assert!(!ok_);
     assert_eq!(err["code"], 100, "agent not running: {err}");
-    assert!(err["msg"].as_str().unwrap().contains("cilium local up"), "says what to do: {err}");
+    assert!(
+        err["msg"].as_str().unwrap().contains("cilium local up"),
+        "says what to do: {err}"
+    );
     let (ok_, err) = cni.call("STATUS", "", "", conf.to_string().as_bytes());
     assert!(!ok_);
     assert_eq!(err["code"], 50, "STATUS with the agent down: {err}");
@@ -195,7 +246,11 @@ fn bad_input_gets_spec_errors_and_changes_nothing() {
     assert!(!ok_);
     assert_eq!(err["code"], 101, "pool exhausted: {err}");
     assert!(err["msg"].as_str().unwrap().contains("exhausted"), "{err}");
-    assert_eq!(cni.lxc_links(), links, "no orphan link after the failed ADD");
+    assert_eq!(
+        cni.lxc_links(),
+        links,
+        "no orphan link after the failed ADD"
+    );
     assert_eq!(cni.ipam_used(), 5);
 }
 
@@ -208,14 +263,22 @@ fn version_is_answered_for_any_runtime() {
         .stdout(Stdio::piped())
         .spawn()
         .and_then(|mut ch| {
-            ch.stdin.take().unwrap().write_all(br#"{"cniVersion":"0.4.0"}"#)?;
+            ch.stdin
+                .take()
+                .unwrap()
+                .write_all(br#"{"cniVersion":"0.4.0"}"#)?;
             ch.wait_with_output()
         })
         .unwrap();
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["cniVersion"], "0.4.0");
-    let supported: Vec<&str> = v["supportedVersions"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    let supported: Vec<&str> = v["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
     for want in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
         assert!(supported.contains(&want), "{supported:?}");
     }

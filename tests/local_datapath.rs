@@ -16,9 +16,12 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
 
 /// A TCP connection from pod `a` to pod `b` (listener in b, client in a).
 fn tcp_pair(c: &LocalCluster, a: &str, b: &str, b_ip: &str, port: u16) -> (TcpStream, TcpStream) {
-    let listener = in_ns(&c.pod_netns(b), || TcpListener::bind(addr("0.0.0.0", port)).unwrap());
+    let listener = in_ns(&c.pod_netns(b), || {
+        TcpListener::bind(addr("0.0.0.0", port)).unwrap()
+    });
     let client = in_ns(&c.pod_netns(a), || {
-        TcpStream::connect_timeout(&addr(b_ip, port), Duration::from_secs(3)).expect("pod-to-pod TCP connect")
+        TcpStream::connect_timeout(&addr(b_ip, port), Duration::from_secs(3))
+            .expect("pod-to-pod TCP connect")
     });
     let (server, _) = listener.accept().unwrap();
     for s in [&client, &server] {
@@ -33,7 +36,9 @@ fn round_trip(client: &mut TcpStream, server: &mut TcpStream, msg: &[u8]) {
     server.read_exact(&mut buf).expect("server receives");
     assert_eq!(buf, msg);
     server.write_all(&buf).unwrap();
-    client.read_exact(&mut buf).expect("client receives the echo");
+    client
+        .read_exact(&mut buf)
+        .expect("client receives the echo");
     assert_eq!(buf, msg);
 }
 
@@ -50,15 +55,22 @@ fn pods_reach_each_other_and_the_node_over_icmp_tcp_udp() {
 
     assert!(c.ping("a", &b_ip), "a pings b");
     assert!(c.ping("b", &a_ip), "b pings a");
-    assert!(c.ping("a", "10.210.0.1"), "a pings the node (router address)");
+    assert!(
+        c.ping("a", "10.210.0.1"),
+        "a pings the node (router address)"
+    );
 
     // TCP both ways, with a payload larger than one segment.
     let (mut client, mut server) = tcp_pair(&c, "a", "b", &b_ip, 8080);
     round_trip(&mut client, &mut server, &vec![7u8; 100_000]);
 
     // UDP request/reply.
-    let srv = in_ns(&c.pod_netns("b"), || UdpSocket::bind(addr("0.0.0.0", 5353)).unwrap());
-    let cli = in_ns(&c.pod_netns("a"), || UdpSocket::bind(addr("0.0.0.0", 0)).unwrap());
+    let srv = in_ns(&c.pod_netns("b"), || {
+        UdpSocket::bind(addr("0.0.0.0", 5353)).unwrap()
+    });
+    let cli = in_ns(&c.pod_netns("a"), || {
+        UdpSocket::bind(addr("0.0.0.0", 0)).unwrap()
+    });
     srv.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     cli.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     cli.send_to(b"query", addr(&b_ip, 5353)).unwrap();
@@ -71,21 +83,46 @@ fn pods_reach_each_other_and_the_node_over_icmp_tcp_udp() {
     assert_eq!(&buf[..n], b"answer");
 
     // The node reaches a pod (TCP from the node's namespace).
-    let pod_listener = in_ns(&c.pod_netns("a"), || TcpListener::bind(addr("0.0.0.0", 9090)).unwrap());
+    let pod_listener = in_ns(&c.pod_netns("a"), || {
+        TcpListener::bind(addr("0.0.0.0", 9090)).unwrap()
+    });
     in_ns(&c.node_netns(), || {
-        TcpStream::connect_timeout(&addr(&a_ip, 9090), Duration::from_secs(3)).expect("node-to-pod TCP")
+        TcpStream::connect_timeout(&addr(&a_ip, 9090), Duration::from_secs(3))
+            .expect("node-to-pod TCP")
     });
     pod_listener.accept().unwrap();
 
     // Traffic was forwarded by the datapath and counted per endpoint.
     assert!(c.metric(0, "EGRESS") > 0, "forwarded packets counted");
-    let eps = ok(&["bpf", "endpoint", "list", "--bpf-root", &c.bpf_root(), "-o", "json"]);
+    let eps = ok(&[
+        "bpf",
+        "endpoint",
+        "list",
+        "--bpf-root",
+        &c.bpf_root(),
+        "-o",
+        "json",
+    ]);
     let eps: serde_json::Value = serde_json::from_str(&eps).unwrap();
-    let a = eps.as_array().unwrap().iter().find(|e| e["ip"] == a_ip.as_str()).expect("a in cilium_lxc");
+    let a = eps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ip"] == a_ip.as_str())
+        .expect("a in cilium_lxc");
     // a sent and received the 100 kB payload (segments may be coalesced, so count bytes).
-    assert!(a["from_endpoint_bytes"].as_u64().unwrap() > 100_000, "per-endpoint counters: {a}");
-    assert!(a["to_endpoint_bytes"].as_u64().unwrap() > 100_000, "per-endpoint counters: {a}");
-    assert!(a["from_endpoint_packets"].as_u64().unwrap() > 0, "per-endpoint counters: {a}");
+    assert!(
+        a["from_endpoint_bytes"].as_u64().unwrap() > 100_000,
+        "per-endpoint counters: {a}"
+    );
+    assert!(
+        a["to_endpoint_bytes"].as_u64().unwrap() > 100_000,
+        "per-endpoint counters: {a}"
+    );
+    assert!(
+        a["from_endpoint_packets"].as_u64().unwrap() > 0,
+        "per-endpoint counters: {a}"
+    );
 }
 
 #[test]
@@ -98,11 +135,34 @@ fn spoofed_source_is_dropped_and_counted() {
     let b_ip = c.pod("b");
     let before = c.metric(132, "EGRESS");
     // Pod a claims an address that is not its own.
-    assert!(c.exec("a", &["ip", "addr", "add", "10.211.0.99/32", "dev", "eth0"]).status.success());
-    let spoofed = c.exec("a", &["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.211.0.99", &b_ip]);
-    assert!(!spoofed.status.success(), "spoofed ping must not get replies");
+    assert!(c
+        .exec("a", &["ip", "addr", "add", "10.211.0.99/32", "dev", "eth0"])
+        .status
+        .success());
+    let spoofed = c.exec(
+        "a",
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "10.211.0.99",
+            &b_ip,
+        ],
+    );
+    assert!(
+        !spoofed.status.success(),
+        "spoofed ping must not get replies"
+    );
     let after = c.metric(132, "EGRESS");
-    assert!(after >= before + 3, "drops with reason 132 (Invalid source ip): {before} -> {after}");
+    assert!(
+        after >= before + 3,
+        "drops with reason 132 (Invalid source ip): {before} -> {after}"
+    );
     // Its real address still works.
     assert!(c.ping("a", &b_ip));
     let table = ok(&["bpf", "metrics", "list", "--bpf-root", &c.bpf_root()]);
@@ -124,7 +184,10 @@ fn agent_restart_keeps_connections_and_endpoints() {
     // Agent down: pinned programs and maps keep forwarding.
     ok(&["local", "restart-agent", "--cluster", &c.name, "--stop"]);
     round_trip(&mut client, &mut server, b"while the agent is down");
-    assert!(c.ping("b", &a_ip), "new traffic flows while the agent is down");
+    assert!(
+        c.ping("b", &a_ip),
+        "new traffic flows while the agent is down"
+    );
 
     // Agent back: it adopts the endpoints; the connection lives on.
     ok(&["local", "restart-agent", "--cluster", &c.name]);
@@ -135,12 +198,21 @@ fn agent_restart_keeps_connections_and_endpoints() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| (e["id"].as_u64().unwrap(), e["ipv4"].as_str().unwrap().to_string()))
+            .map(|e| {
+                (
+                    e["id"].as_u64().unwrap(),
+                    e["ipv4"].as_str().unwrap().to_string(),
+                )
+            })
             .collect();
         x.sort();
         x
     };
-    assert_eq!(ids(&before), ids(&after), "endpoints kept with the same ids and addresses");
+    assert_eq!(
+        ids(&before),
+        ids(&after),
+        "endpoints kept with the same ids and addresses"
+    );
     // And a new pod still gets a fresh address after the restart.
     assert_eq!(c.pod("c"), "10.212.0.4");
 }
@@ -152,15 +224,28 @@ fn local_down_leaves_nothing_behind() {
     }
     let snapshot = || {
         let netns: Vec<String> = std::fs::read_dir("/var/run/netns")
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         let bpf: Vec<String> = std::fs::read_dir("/sys/fs/bpf")
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         let root_links = links_in(std::path::Path::new("/proc/self/ns/net"));
         (
-            netns.into_iter().filter(|n| n.contains("t-down")).collect::<Vec<_>>(),
-            bpf.into_iter().filter(|n| n.contains("t-down")).collect::<Vec<_>>(),
+            netns
+                .into_iter()
+                .filter(|n| n.contains("t-down"))
+                .collect::<Vec<_>>(),
+            bpf.into_iter()
+                .filter(|n| n.contains("t-down"))
+                .collect::<Vec<_>>(),
             root_links,
         )
     };
@@ -170,13 +255,26 @@ fn local_down_leaves_nothing_behind() {
         c.pod("a");
         c.pod("b");
         let during = snapshot();
-        assert!(!during.0.is_empty() && !during.1.is_empty(), "the cluster made namespaces and pins");
-        assert_eq!(during.2, before.2, "nothing is created in the root namespace");
+        assert!(
+            !during.0.is_empty() && !during.1.is_empty(),
+            "the cluster made namespaces and pins"
+        );
+        assert_eq!(
+            during.2, before.2,
+            "nothing is created in the root namespace"
+        );
         let removed = ok(&["local", "down", "--name", "t-down"]);
         assert!(removed.contains("agent of node1"), "{removed}");
         let again = ok(&["local", "down", "--name", "t-down"]);
-        assert!(again.contains("nothing to remove"), "down is idempotent: {again}");
+        assert!(
+            again.contains("nothing to remove"),
+            "down is idempotent: {again}"
+        );
     }
-    assert_eq!(snapshot(), before, "namespaces, pins and root links are as before");
+    assert_eq!(
+        snapshot(),
+        before,
+        "namespaces, pins and root links are as before"
+    );
     assert!(!std::path::Path::new("/var/run/cilium-local/t-down").exists());
 }

@@ -21,7 +21,8 @@ impl Podman {
         let rootfs = dir.join("rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
         std::fs::create_dir_all(rootfs.join("etc")).unwrap();
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed (install/deps.sh)");
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+            .expect("busybox-static is installed (install/deps.sh)");
         for tool in ["sh", "ping", "sleep", "ip", "nc"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
         }
@@ -37,7 +38,10 @@ impl Podman {
             ),
         )
         .unwrap();
-        Podman { dir, node_netns: c.node_netns() }
+        Podman {
+            dir,
+            node_netns: c.node_netns(),
+        }
     }
 
     /// podman, run in the node's namespace (the runtime's host), with its own storage.
@@ -88,22 +92,42 @@ fn podman_containers_get_network_and_reach_each_other() {
     let p = Podman::new(&c);
     let rootfs = p.rootfs();
 
-    let out = p.run(&["run", "-d", "--name", "web", "--rootfs", &rootfs, "sleep", "300"]);
-    assert!(out.status.success(), "podman run: {}", String::from_utf8_lossy(&out.stderr));
-    let web_ip = endpoint_ip(&c, "web").expect("podman's ADD registered an endpoint named after the container");
-    assert!(web_ip.starts_with("10.230.0."), "got our address, not podman's fallback bridge: {web_ip}");
+    let out = p.run(&[
+        "run", "-d", "--name", "web", "--rootfs", &rootfs, "sleep", "300",
+    ]);
+    assert!(
+        out.status.success(),
+        "podman run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let web_ip = endpoint_ip(&c, "web")
+        .expect("podman's ADD registered an endpoint named after the container");
+    assert!(
+        web_ip.starts_with("10.230.0."),
+        "got our address, not podman's fallback bridge: {web_ip}"
+    );
 
     // A second container pings the first, and shows an address of ours on eth0.
     let script = format!("ip -4 addr show eth0 && ping -c 2 -W 2 {web_ip}");
-    let out = p.run(&["run", "--rm", "--name", "client", "--rootfs", &rootfs, "sh", "-c", &script]);
+    let out = p.run(&[
+        "run", "--rm", "--name", "client", "--rootfs", &rootfs, "sh", "-c", &script,
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "client -> web: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "client -> web: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("inet 10.230.0."), "{stdout}");
     assert!(stdout.contains("2 packets received"), "{stdout}");
 
     // --rm triggered DEL for the client; rm -f triggers DEL for web: every address is released.
     let out = p.run(&["rm", "-f", "-t", "0", "web"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let st = c.json(&["status"]);
     assert_eq!(st["ipam_used"], 0, "podman rm released the addresses: {st}");
     assert_eq!(st["endpoints"], 0);

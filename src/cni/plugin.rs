@@ -31,13 +31,6 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     format!("lxc{}", &hex[..12])
 }
 
-/// Temporary name of the pod side while it is still in the node's namespace.
-fn temp_ifname(container_id: &str, ifname: &str) -> String {
-    let h = Sha256::digest(format!("tmp/{container_id}/{ifname}"));
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!("tmp{}", &hex[..12])
-}
-
 fn client_error(socket: &str, e: ClientError) -> CniError {
     match e {
         ClientError::Unreachable { source, .. } => CniError::agent_unreachable(socket, source),
@@ -124,7 +117,6 @@ async fn add_inner(
     created: &mut Created,
 ) -> Result<Value, CniError> {
     let host = host_ifname(&env.container_id, &env.ifname);
-    let tmp = temp_ifname(&env.container_id, &env.ifname);
     let ns_path = env.netns.clone();
     let ifname = env.ifname.clone();
 
@@ -155,12 +147,11 @@ async fn add_inner(
     let mtu = conf.mtu.unwrap_or(ipam.mtu);
 
     // A leftover host link of an earlier, interrupted ADD for the same attachment goes first.
-    for stale in [&host, &tmp] {
-        if let Some(l) = nl.link_by_name(stale).await.map_err(link_error(stale))? {
-            nl.delete_link(l.index).await.map_err(link_error(stale))?;
-        }
+    if let Some(l) = nl.link_by_name(&host).await.map_err(link_error(&host))? {
+        nl.delete_link(l.index).await.map_err(link_error(&host))?;
     }
-    nl.add_veth(&host, &tmp, mtu)
+    // The pod side is born inside the pod's namespace under its final name.
+    nl.add_veth_into(&host, &ifname, ns_file.as_raw_fd(), mtu)
         .await
         .map_err(link_error(&host))?;
     let host_link = nl
@@ -169,26 +160,17 @@ async fn add_inner(
         .map_err(link_error(&host))?
         .ok_or_else(|| CniError::link_setup_failed(&host, "link vanished after creation"))?;
     created.host_link = Some(host_link.index);
-    let peer = nl
-        .link_by_name(&tmp)
-        .await
-        .map_err(link_error(&tmp))?
-        .ok_or_else(|| CniError::link_setup_failed(&tmp, "peer vanished after creation"))?;
-    nl.move_to_netns(peer.index, ns_file.as_raw_fd())
-        .await
-        .map_err(link_error(&tmp))?;
     nl.set_up(host_link.index)
         .await
         .map_err(link_error(&host))?;
 
-    // Inside the pod: name, address (/32), route to the gateway, default route.
+    // Inside the pod: address (/32), route to the gateway, default route.
     let pod_mac = netns::block_on_in_netns(Path::new(&ns_path), || async {
         let pod_nl = Netlink::connect()?;
         let l = pod_nl
-            .link_by_name(&tmp)
+            .link_by_name(&ifname)
             .await?
-            .ok_or_else(|| LinkError::NotFound(tmp.clone()))?;
-        pod_nl.rename(l.index, &ifname).await?;
+            .ok_or_else(|| LinkError::NotFound(ifname.clone()))?;
         pod_nl.add_address(l.index, IpAddr::V4(ip), 32).await?;
         pod_nl.set_up(l.index).await?;
         pod_nl
@@ -231,15 +213,12 @@ async fn add_inner(
             },
         ],
         ips: vec![IpConfig {
-            address: ipnet::IpNet::new(IpAddr::V4(ip), 32)
-                .map_err(|e| CniError::agent_rejected(e))?,
+            address: ipnet::IpNet::new(IpAddr::V4(ip), 32).map_err(CniError::agent_rejected)?,
             gateway: Some(IpAddr::V4(gw)),
             interface: Some(1),
         }],
         routes: vec![Route {
-            dst: "0.0.0.0/0"
-                .parse()
-                .map_err(|e| CniError::agent_rejected(e))?,
+            dst: "0.0.0.0/0".parse().map_err(CniError::agent_rejected)?,
             gw: Some(IpAddr::V4(gw)),
         }],
         dns: Default::default(),
@@ -366,6 +345,5 @@ mod tests {
         assert!(a.starts_with("lxc"));
         assert_eq!(a, host_ifname("0123456789abcdef", "eth0"));
         assert_ne!(a, host_ifname("0123456789abcdef", "eth1"));
-        assert_eq!(temp_ifname("x", "eth0").len(), 15);
     }
 }

@@ -146,6 +146,34 @@ impl Netlink {
         Ok(msgs.iter().map(Self::info).collect())
     }
 
+    /// Creates a veth pair `name` <-> `peer` with `peer` born directly inside the namespace
+    /// `peer_ns_fd` (no move and rename afterwards, which costs a network synchronisation).
+    pub async fn add_veth_into(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_ns_fd: std::os::fd::RawFd,
+        mtu: u32,
+    ) -> Result<(), LinkError> {
+        use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+        let peer_msg = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .mtu(mtu)
+            .setns_by_fd(peer_ns_fd)
+            .build();
+        let msg = rtnetlink::LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_string())
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("creating veth pair {name}/{peer}")))
+    }
+
     /// Creates a veth pair `name` <-> `peer` with the given MTU.
     pub async fn add_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), LinkError> {
         let msg = LinkVeth::new(name, peer).mtu(mtu).build();
@@ -164,33 +192,6 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl(format!("setting link #{index} up")))
-    }
-
-    pub async fn rename(&self, index: u32, name: &str) -> Result<(), LinkError> {
-        self.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .name(name.to_string())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl(format!("renaming link #{index} to {name}")))
-    }
-
-    /// Moves a link into the namespace whose file descriptor is `ns_fd`.
-    pub async fn move_to_netns(
-        &self,
-        index: u32,
-        ns_fd: std::os::fd::RawFd,
-    ) -> Result<(), LinkError> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).setns_by_fd(ns_fd).build())
-            .execute()
-            .await
-            .map_err(nl(format!("moving link #{index} into the pod namespace")))
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<(), LinkError> {

@@ -51,7 +51,9 @@ impl LocalCluster {
     pub fn up(name: &str, pod_cidr: &str) -> Self {
         // A leftover of an interrupted earlier run goes first.
         let _ = cilium(&["local", "down", "--name", name]);
-        let c = LocalCluster { name: name.to_string() };
+        let c = LocalCluster {
+            name: name.to_string(),
+        };
         ok(&["local", "up", "--name", name, "--pod-cidr", pod_cidr]);
         c
     }
@@ -61,7 +63,10 @@ impl LocalCluster {
     }
 
     pub fn socket(&self) -> String {
-        self.dir().join("nodes/node1/cilium.sock").display().to_string()
+        self.dir()
+            .join("nodes/node1/cilium.sock")
+            .display()
+            .to_string()
     }
 
     pub fn node_netns(&self) -> PathBuf {
@@ -78,8 +83,23 @@ impl LocalCluster {
 
     /// Starts a detached pod running `sleep infinity`; returns its IPv4 address.
     pub fn pod(&self, name: &str) -> String {
-        let out = ok(&["local", "run", "--cluster", &self.name, "--name", name, "-d", "--", "sleep", "infinity"]);
-        out.trim().rsplit(' ').next().expect("pod IP in output").to_string()
+        let out = ok(&[
+            "local",
+            "run",
+            "--cluster",
+            &self.name,
+            "--name",
+            name,
+            "-d",
+            "--",
+            "sleep",
+            "infinity",
+        ]);
+        out.trim()
+            .rsplit(' ')
+            .next()
+            .expect("pod IP in output")
+            .to_string()
     }
 
     /// Runs a command in a pod; returns its output.
@@ -90,7 +110,9 @@ impl LocalCluster {
     }
 
     pub fn ping(&self, pod: &str, dst: &str) -> bool {
-        self.exec(pod, &["ping", "-c", "1", "-W", "2", dst]).status.success()
+        self.exec(pod, &["ping", "-c", "1", "-W", "2", dst])
+            .status
+            .success()
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
@@ -124,7 +146,10 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         let out = cilium(&["local", "down", "--name", &self.name]);
         if !out.status.success() {
-            eprintln!("local down failed: {}", String::from_utf8_lossy(&out.stderr));
+            eprintln!(
+                "local down failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }
@@ -133,7 +158,12 @@ impl Drop for LocalCluster {
 pub fn links_in(ns: &Path) -> Vec<String> {
     cilium::datapath::netns::block_on_in_netns(ns, || async {
         let nl = cilium::datapath::link::Netlink::connect().unwrap();
-        nl.links().await.unwrap().into_iter().map(|l| l.name).collect::<Vec<_>>()
+        nl.links()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect::<Vec<_>>()
     })
     .expect("entering namespace")
 }
