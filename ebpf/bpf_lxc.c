@@ -3,12 +3,18 @@
  *   tcx ingress  = cil_from_container (packets the pod sends)
  *   tcx egress   = cil_to_container   (packets delivered to the pod)
  * Forwards between local pods by BPF redirect, answers the pod's ARP,
- * drops spoofed source addresses, counts per endpoint and per reason. */
+ * drops spoofed source addresses, enforces identity-based policy with
+ * connection tracking (replies pass), counts per endpoint and per reason and
+ * reports drops on the events ring buffer. */
 
 #include "lib/common.h"
 #include "lib/drop.h"
 #include "lib/maps.h"
 #include "lib/arp.h"
+#include "lib/ipcache.h"
+#include "lib/policy.h"
+#include "lib/conntrack.h"
+#include "lib/events.h"
 
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 #define IP_TTL_OFF (ETH_HLEN + offsetof(struct iphdr, ttl))
@@ -54,6 +60,12 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct en
 	return bpf_redirect(dst->ifindex, 0);
 }
 
+/* Returns the drop reason for a policy verdict. */
+static __always_inline __u8 policy_drop_reason(int verdict)
+{
+	return verdict == POLICY_DENY_RULE ? DROP_POLICY_DENY : DROP_POLICY;
+}
+
 SEC("classifier")
 int cil_from_container(struct __sk_buff *skb)
 {
@@ -63,16 +75,19 @@ int cil_from_container(struct __sk_buff *skb)
 	struct endpoint_info *self, *dst;
 	struct endpoint_key dk;
 	struct iphdr *ip4;
+	struct flow4 f;
 	__be32 self_ip = 0;
 	__u8 node_mac[ETH_ALEN];
+	__u32 len = skb->len;
 	__u16 proto;
+	int ct, err;
 
 	if ((void *)(eth + 1) > data_end)
 		return drop(skb, DROP_INVALID, METRIC_EGRESS);
 	self = lookup_self(skb, &self_ip);
 	if (!self)
 		return drop(skb, DROP_UNKNOWN_SENDER, METRIC_EGRESS);
-	update_ep_stats(self->lxc_id, 1, skb->len);
+	update_ep_stats(self->lxc_id, 1, len);
 	proto = eth->h_proto;
 
 	if (proto == bpf_htons(ETH_P_ARP)) {
@@ -92,30 +107,79 @@ int cil_from_container(struct __sk_buff *skb)
 	ip4 = data + sizeof(*eth);
 	if ((void *)(ip4 + 1) > data_end || ip4->ihl < 5)
 		return drop(skb, DROP_INVALID, METRIC_EGRESS);
-	if (ip4->saddr != self_ip)
-		return drop(skb, DROP_INVALID_SIP, METRIC_EGRESS);
+	err = flow4_parse(skb, ip4, ETH_HLEN + ip4->ihl * 4, &f);
+	if (err)
+		return drop(skb, err, METRIC_EGRESS);
+	if (f.saddr != self_ip)
+		return drop_flow(skb, DROP_INVALID_SIP, METRIC_EGRESS, self->lxc_id, self->sec_id, 0, &f);
 
-	dk.ip4 = ip4->daddr;
+	ct = ct_lookup4(&f, CT_EGRESS, len);
+	if (ct != CT_REPLY && !f.related) {
+		if (self->flags & ENDPOINT_F_EGRESS_ENFORCED) {
+			__u32 dst_id = ipcache_identity4(f.daddr);
+			int verdict = policy_can_access(dst_id, self->lxc_id, 1, f.proto, f.policy_port, len);
+
+			if (verdict != POLICY_ALLOW)
+				return drop_flow(skb, policy_drop_reason(verdict), METRIC_EGRESS, self->lxc_id,
+						 self->sec_id, dst_id, &f);
+		}
+		if (ct == CT_NEW)
+			ct_create4(&f, CT_EGRESS, self->sec_id, len);
+	}
+
+	dk.ip4 = f.daddr;
 	dst = bpf_map_lookup_elem(&cilium_lxc, &dk);
 	if (dst && !(dst->flags & ENDPOINT_F_HOST))
 		return redirect_to_endpoint(skb, dst, ip4->ttl);
 
-	/* Not a local pod: the node's stack routes it (node addresses, and later the world). */
-	update_metrics(REASON_FORWARDED, METRIC_EGRESS, skb->len);
+	/* Not a local pod: the node's stack routes it (node addresses, and the world). */
+	update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
 	return TC_ACT_OK;
 }
 
 SEC("classifier")
 int cil_to_container(struct __sk_buff *skb)
 {
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
 	struct endpoint_info *self;
+	struct iphdr *ip4;
+	struct flow4 f;
 	__be32 self_ip = 0;
+	__u32 len = skb->len;
+	int ct, err;
 
 	self = lookup_self(skb, &self_ip);
 	if (!self)
 		return drop(skb, DROP_UNKNOWN_SENDER, METRIC_INGRESS);
-	update_ep_stats(self->lxc_id, 0, skb->len);
-	update_metrics(REASON_FORWARDED, METRIC_INGRESS, skb->len);
+	update_ep_stats(self->lxc_id, 0, len);
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		goto pass;
+	ip4 = data + sizeof(*eth);
+	if ((void *)(ip4 + 1) > data_end || ip4->ihl < 5)
+		return drop(skb, DROP_INVALID, METRIC_INGRESS);
+	err = flow4_parse(skb, ip4, ETH_HLEN + ip4->ihl * 4, &f);
+	if (err)
+		return drop(skb, err, METRIC_INGRESS);
+
+	ct = ct_lookup4(&f, CT_INGRESS, len);
+	if (ct != CT_REPLY && !f.related) {
+		__u32 src_id = ipcache_identity4(f.saddr);
+
+		/* The node itself always reaches its pods (Cilium's allow-localhost). */
+		if ((self->flags & ENDPOINT_F_INGRESS_ENFORCED) && src_id != ID_HOST) {
+			int verdict = policy_can_access(src_id, self->lxc_id, 0, f.proto, f.policy_port, len);
+
+			if (verdict != POLICY_ALLOW)
+				return drop_flow(skb, policy_drop_reason(verdict), METRIC_INGRESS, self->lxc_id,
+						 src_id, self->sec_id, &f);
+		}
+		if (ct == CT_NEW)
+			ct_create4(&f, CT_INGRESS, src_id, len);
+	}
+pass:
+	update_metrics(REASON_FORWARDED, METRIC_INGRESS, len);
 	return TC_ACT_OK;
 }
 

@@ -6,6 +6,8 @@
 #define DROP_INVALID_SIP 132   /* "Invalid source ip" */
 #define DROP_POLICY 133        /* "Policy denied" */
 #define DROP_INVALID 134       /* "Invalid packet" */
+#define DROP_CT_INVALID_HDR 135 /* "CT: Truncated or invalid header" */
 #define DROP_UNKNOWN_L3 139    /* "Unknown L3 target address" / unsupported ethertype */
 #define DROP_WRITE_ERROR 141   /* "Error writing to packet" */
+#define DROP_POLICY_DENY 181   /* "Policy denied by denylist" */
 #define DROP_UNKNOWN_SENDER 170 /* "Unknown sender endpoint": program runs on a link with no endpoint */

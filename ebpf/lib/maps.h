@@ -16,7 +16,9 @@ struct endpoint_key {
 };
 ASSERT_SIZE(struct endpoint_key, 4);
 
-#define ENDPOINT_F_HOST 1 /* reserved for the node's own addresses */
+#define ENDPOINT_F_HOST 1              /* reserved for the node's own addresses */
+#define ENDPOINT_F_INGRESS_ENFORCED 2  /* ingress policy: default deny */
+#define ENDPOINT_F_EGRESS_ENFORCED 4   /* egress policy: default deny */
 
 struct endpoint_info {
 	__u32 ifindex;    /* host-side link of the endpoint */

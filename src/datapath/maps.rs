@@ -7,6 +7,10 @@ pub const MAP_ENDPOINTS: &str = "cilium_lxc";
 pub const MAP_LXC_IF: &str = "cilium_lxc_if";
 pub const MAP_METRICS: &str = "cilium_metrics";
 pub const MAP_EP_STATS: &str = "cilium_ep_stats";
+pub const MAP_IPCACHE: &str = "cilium_ipcache";
+pub const MAP_POLICY: &str = "cilium_policy";
+pub const MAP_CT4: &str = "cilium_ct4";
+pub const MAP_EVENTS: &str = "cilium_events";
 
 /// Key of `cilium_lxc`: an IPv4 address in network byte order.
 #[repr(C)]
@@ -27,6 +31,8 @@ impl EndpointKey {
 }
 
 pub const ENDPOINT_F_HOST: u16 = 1;
+pub const ENDPOINT_F_INGRESS_ENFORCED: u16 = 2;
+pub const ENDPOINT_F_EGRESS_ENFORCED: u16 = 4;
 
 /// Value of `cilium_lxc`.
 #[repr(C)]
@@ -83,6 +89,137 @@ pub struct EpStats {
     pub to_ep_bytes: u64,
 }
 
+/// Data part of a `cilium_ipcache` LPM key (the prefix length is aya's `Key`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpcacheKey {
+    pub pad1: u16,
+    pub cluster_id: u8,
+    pub family: u8,
+    pub ip: [u32; 4],
+}
+
+/// Bits of an ipcache key that are always matched (pad1, cluster_id, family).
+pub const IPCACHE_STATIC_PREFIX: u32 = 32;
+
+impl IpcacheKey {
+    /// An IPv4 prefix as an LPM key: (prefix length incl. the static part, data).
+    pub fn v4(net: ipnet::Ipv4Net) -> (u32, Self) {
+        let mut ip = [0u32; 4];
+        ip[0] = u32::from_ne_bytes(net.network().octets());
+        (
+            IPCACHE_STATIC_PREFIX + net.prefix_len() as u32,
+            Self { pad1: 0, cluster_id: 0, family: 4, ip },
+        )
+    }
+    pub fn to_net(&self, prefixlen: u32) -> Option<ipnet::IpNet> {
+        let bits = prefixlen.checked_sub(IPCACHE_STATIC_PREFIX)? as u8;
+        match self.family {
+            4 => ipnet::Ipv4Net::new(Ipv4Addr::from(self.ip[0].to_ne_bytes()), bits)
+                .ok()
+                .map(ipnet::IpNet::V4),
+            _ => None,
+        }
+    }
+}
+
+/// Value of `cilium_ipcache`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpcacheValue {
+    pub sec_identity: u32,
+    pub tunnel_endpoint: u32,
+    pub flags: u8,
+    pub pad: [u8; 3],
+}
+
+/// Data part of a `cilium_policy` LPM key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKeyData {
+    pub sec_label: u32,
+    pub ep_id: u16,
+    pub egress: u8,
+    pub protocol: u8,
+    /// Network byte order.
+    pub dport: u16,
+    pub pad: u16,
+}
+
+/// sec_label + ep_id + egress: always matched.
+pub const POLICY_STATIC_PREFIX: u32 = 56;
+pub const POLICY_F_DENY: u8 = 1;
+
+/// Value of `cilium_policy`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyEntryValue {
+    pub flags: u8,
+    pub pad0: u8,
+    pub proxy_port: u16,
+    pub pad1: u32,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Key of `cilium_ct4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub nexthdr: u8,
+    pub dir: u8,
+    pub pad: u16,
+}
+
+/// Value of `cilium_ct4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub lifetime: u32,
+    pub flags: u16,
+    pub pad: u16,
+    pub src_sec_id: u32,
+    pub pad2: u32,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A record of the `cilium_events` ring buffer (type 1 = drop).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub ts_ns: u64,
+    pub src_id: u32,
+    pub dst_id: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub len: u32,
+    pub ep_id: u16,
+    pub kind: u8,
+    pub reason: u8,
+    pub dir: u8,
+    pub proto: u8,
+    pub pad: u16,
+}
+
+impl DropEvent {
+    /// Reads a record from ring buffer bytes (`None` when too short).
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() < std::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: DropEvent is repr(C) plain data, any bit pattern is valid, and the
+        // length was checked; read_unaligned copes with the ring buffer's alignment.
+        Some(unsafe { std::ptr::read_unaligned(b.as_ptr() as *const Self) })
+    }
+}
+
 // SAFETY: all of these are #[repr(C)] plain integers and byte arrays with explicit
 // padding fields, so every bit pattern is valid and there are no implicit holes.
 unsafe impl aya::Pod for EndpointKey {}
@@ -98,6 +235,18 @@ unsafe impl aya::Pod for MetricsValue {}
 unsafe impl aya::Pod for EpStatsKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for EpStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for IpcacheKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for IpcacheValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PolicyKeyData {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PolicyEntryValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CtKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CtEntry {}
 
 const _: () = assert!(std::mem::size_of::<EndpointKey>() == 4);
 const _: () = assert!(std::mem::size_of::<EndpointInfo>() == 28);
@@ -106,6 +255,14 @@ const _: () = assert!(std::mem::size_of::<MetricsKey>() == 8);
 const _: () = assert!(std::mem::size_of::<MetricsValue>() == 16);
 const _: () = assert!(std::mem::size_of::<EpStatsKey>() == 4);
 const _: () = assert!(std::mem::size_of::<EpStats>() == 32);
+// LPM keys: the C structs include the 4-byte prefixlen that aya's Key adds.
+const _: () = assert!(std::mem::size_of::<IpcacheKey>() + 4 == 24);
+const _: () = assert!(std::mem::size_of::<IpcacheValue>() == 12);
+const _: () = assert!(std::mem::size_of::<PolicyKeyData>() + 4 == 16);
+const _: () = assert!(std::mem::size_of::<PolicyEntryValue>() == 24);
+const _: () = assert!(std::mem::size_of::<CtKey>() == 16);
+const _: () = assert!(std::mem::size_of::<CtEntry>() == 32);
+const _: () = assert!(std::mem::size_of::<DropEvent>() == 40);
 
 /// Metric directions, as in ebpf/lib/common.h.
 pub const METRIC_INGRESS: u8 = 1;
@@ -125,6 +282,8 @@ pub fn reason_name(reason: u8) -> &'static str {
         0 => "Forwarded",
         132 => "Invalid source ip",
         133 => "Policy denied",
+        135 => "CT: Truncated or invalid header",
+        181 => "Policy denied by denylist",
         134 => "Invalid packet",
         139 => "Unknown L3 target address",
         141 => "Error writing to packet",
@@ -134,6 +293,8 @@ pub fn reason_name(reason: u8) -> &'static str {
 }
 
 pub const DROP_INVALID_SIP: u8 = 132;
+pub const DROP_POLICY: u8 = 133;
+pub const DROP_POLICY_DENY: u8 = 181;
 
 #[cfg(test)]
 mod tests {
