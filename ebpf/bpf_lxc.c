@@ -115,10 +115,12 @@ int cil_from_container(struct __sk_buff *skb)
 
 	ct = ct_lookup4(&f, CT_EGRESS, len);
 	if (ct != CT_REPLY && !f.related) {
-		if (self->flags & ENDPOINT_F_EGRESS_ENFORCED) {
+		if (self->flags & (ENDPOINT_F_EGRESS_ENFORCED | ENDPOINT_F_EGRESS_DENIES)) {
 			__u32 dst_id = ipcache_identity4(f.daddr);
 			int verdict = policy_can_access(dst_id, self->lxc_id, 1, f.proto, f.policy_port, len);
 
+			if (verdict == POLICY_DENY_DEFAULT && !(self->flags & ENDPOINT_F_EGRESS_ENFORCED))
+				verdict = POLICY_ALLOW;
 			if (verdict != POLICY_ALLOW)
 				return drop_flow(skb, policy_drop_reason(verdict), METRIC_EGRESS, self->lxc_id,
 						 self->sec_id, dst_id, &f);
@@ -168,9 +170,11 @@ int cil_to_container(struct __sk_buff *skb)
 		__u32 src_id = ipcache_identity4(f.saddr);
 
 		/* The node itself always reaches its pods (Cilium's allow-localhost). */
-		if ((self->flags & ENDPOINT_F_INGRESS_ENFORCED) && src_id != ID_HOST) {
+		if ((self->flags & (ENDPOINT_F_INGRESS_ENFORCED | ENDPOINT_F_INGRESS_DENIES)) && src_id != ID_HOST) {
 			int verdict = policy_can_access(src_id, self->lxc_id, 0, f.proto, f.policy_port, len);
 
+			if (verdict == POLICY_DENY_DEFAULT && !(self->flags & ENDPOINT_F_INGRESS_ENFORCED))
+				verdict = POLICY_ALLOW;
 			if (verdict != POLICY_ALLOW)
 				return drop_flow(skb, policy_drop_reason(verdict), METRIC_INGRESS, self->lxc_id,
 						 src_id, self->sec_id, &f);

@@ -4,6 +4,8 @@ pub mod agent;
 pub mod cmd;
 pub mod cni;
 pub mod datapath;
+pub mod lb;
+pub mod policy;
 
 /// Version string shown by `cilium version` and the agent.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

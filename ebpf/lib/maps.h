@@ -19,6 +19,10 @@ ASSERT_SIZE(struct endpoint_key, 4);
 #define ENDPOINT_F_HOST 1              /* reserved for the node's own addresses */
 #define ENDPOINT_F_INGRESS_ENFORCED 2  /* ingress policy: default deny */
 #define ENDPOINT_F_EGRESS_ENFORCED 4   /* egress policy: default deny */
+/* Not enforced, but deny rules exist (enableDefaultDeny: false): a lookup runs and
+ * only an explicit deny drops. */
+#define ENDPOINT_F_INGRESS_DENIES 8
+#define ENDPOINT_F_EGRESS_DENIES 16
 
 struct endpoint_info {
 	__u32 ifindex;    /* host-side link of the endpoint */

@@ -2,7 +2,8 @@
 use std::{os::unix::fs::PermissionsExt, path::Path};
 
 use axum::{
-    extract::{Query, State},
+    body::Body,
+    extract::{Path as UrlPath, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -11,7 +12,7 @@ use axum::{
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use super::{models::*, AgentError, Shared};
+use super::{events::Events, models::*, AgentError, Shared};
 use crate::datapath::{loader, maps};
 
 impl IntoResponse for AgentError {
@@ -135,8 +136,85 @@ async fn metrics(State(s): State<Shared>) -> ApiResult<Vec<MetricEntry>> {
     ))
 }
 
-pub fn router(state: Shared) -> Router {
+fn identity_model(i: &crate::policy::labels::IdentityInfo) -> IdentityModel {
+    use crate::policy::labels::IdentityKind;
+    IdentityModel {
+        id: i.id,
+        labels: i.labels.to_strings(),
+        kind: match &i.kind {
+            IdentityKind::Reserved(_) => "reserved".into(),
+            IdentityKind::Endpoint => "endpoint".into(),
+            IdentityKind::Cidr(_) => "cidr".into(),
+        },
+    }
+}
+
+async fn identity_list(State(s): State<Shared>) -> ApiResult<Vec<IdentityModel>> {
+    let st = s.lock().await;
+    Ok(Json(
+        st.policy.identities.iter().map(identity_model).collect(),
+    ))
+}
+
+async fn identity_get(
+    State(s): State<Shared>,
+    UrlPath(id): UrlPath<u32>,
+) -> ApiResult<IdentityModel> {
+    let st = s.lock().await;
+    st.policy
+        .identities
+        .iter()
+        .find(|i| i.id == id)
+        .map(|i| Json(identity_model(i)))
+        .ok_or_else(|| {
+            AgentError::NotFound(format!(
+                "identity {id} not found; `cilium identity list` shows them"
+            ))
+        })
+}
+
+async fn policy_get(State(s): State<Shared>) -> ApiResult<PolicyModel> {
+    let st = s.lock().await;
+    Ok(Json(PolicyModel {
+        revision: st.policy.generation.unwrap_or(0),
+        policies: st.policy.policy_names.clone(),
+        rules: st.policy.rules.len(),
+    }))
+}
+
+/// Streams datapath events as JSON lines until the client goes away.
+async fn monitor(State(events): State<Events>) -> Response {
+    let rx = events.subscribe();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line)),
+                        rx,
+                    ));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+pub fn router(state: Shared, events: Events) -> Router {
+    let monitor_routes = Router::new()
+        .route("/v1/monitor", get(monitor))
+        .with_state(events);
     Router::new()
+        .route("/v1/identity", get(identity_list))
+        .route("/v1/identity/{id}", get(identity_get))
+        .route("/v1/policy", get(policy_get))
         .route("/v1/healthz", get(healthz))
         .route("/v1/ipam", post(ipam_allocate).delete(ipam_release))
         .route("/v1/endpoint", get(endpoint_list).put(endpoint_put))
@@ -147,10 +225,11 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/gc", post(gc))
         .route("/v1/metrics/datapath", get(metrics))
         .with_state(state)
+        .merge(monitor_routes)
 }
 
 /// Serves the API on `socket` until SIGTERM or SIGINT, then removes the socket.
-pub async fn serve(state: Shared, socket: &Path) -> anyhow::Result<()> {
+pub async fn serve(state: Shared, events: Events, socket: &Path) -> anyhow::Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -182,7 +261,7 @@ pub async fn serve(state: Shared, socket: &Path) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
         }
     };
-    axum::serve(listener, router(state))
+    axum::serve(listener, router(state, events))
         .with_graceful_shutdown(shutdown)
         .await?;
     let _ = std::fs::remove_file(socket);

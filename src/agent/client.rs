@@ -188,6 +188,62 @@ impl Client {
         self.call::<(), _>(Method::GET, "/v1/metrics/datapath", None)
             .await
     }
+
+    pub async fn identities(&self) -> Result<Vec<IdentityModel>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/identity", None).await
+    }
+
+    pub async fn identity(&self, id: u32) -> Result<IdentityModel, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/identity/{id}"), None)
+            .await
+    }
+
+    pub async fn policy(&self) -> Result<PolicyModel, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/policy", None).await
+    }
+
+    /// Streams monitor events into `f` until it returns false or the agent goes away.
+    pub async fn monitor(
+        &self,
+        mut f: impl FnMut(MonitorEvent) -> bool,
+    ) -> Result<(), ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri("/v1/monitor")
+            .header("host", "cilium")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let mut body = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                buf.extend_from_slice(data);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let ev: MonitorEvent = serde_json::from_slice(&line[..line.len() - 1])?;
+                    if !f(ev) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Encodes a query string.

@@ -147,6 +147,9 @@ mod tests {
             k8s_namespace: None,
             k8s_pod_name: None,
             labels: Default::default(),
+            identity: 0,
+            ingress_enforced: false,
+            egress_enforced: false,
             state: "ready".into(),
         }
     }

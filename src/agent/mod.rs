@@ -3,8 +3,12 @@
 pub mod api;
 pub mod client;
 pub mod endpoints;
+pub mod events;
+pub mod identity;
 pub mod ipam;
 pub mod models;
+pub mod regen;
+pub mod store;
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -17,9 +21,9 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::datapath::{
-    link::{mac_string, parse_mac, write_sysctl, LinkError, Netlink},
+    link::{mac_string, write_sysctl, LinkError, Netlink},
     loader::{Datapath, DatapathError},
-    maps::{EndpointInfo, EndpointKey},
+    maps::EndpointKey,
 };
 use endpoints::{Endpoints, StateError};
 use ipam::{Ipam, IpamError};
@@ -52,6 +56,37 @@ pub struct AgentConfig {
     /// MTU of pod links.
     #[arg(long, default_value_t = 1500)]
     pub mtu: u32,
+    /// Policy enforcement: default (when a policy selects the endpoint), always, never.
+    #[arg(long, value_enum, default_value = "default")]
+    pub enable_policy: PolicyMode,
+    /// Local store of pods, namespaces and policies to watch (local mode).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Directory of the identity allocator shared by the cluster's agents
+    /// (default: <state-dir>/identities).
+    #[arg(long)]
+    pub identity_dir: Option<PathBuf>,
+    /// How often expired connection tracking entries are removed.
+    #[arg(long, default_value = "30", value_name = "SECONDS")]
+    pub ct_gc_interval: u64,
+}
+
+/// Policy enforcement mode (Cilium's enable-policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyMode {
+    Default,
+    Always,
+    Never,
+}
+
+impl From<PolicyMode> for crate::policy::resolve::EnforcementMode {
+    fn from(m: PolicyMode) -> Self {
+        match m {
+            PolicyMode::Default => Self::Default,
+            PolicyMode::Always => Self::Always,
+            PolicyMode::Never => Self::Never,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +99,10 @@ pub enum AgentError {
     Datapath(#[from] DatapathError),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -80,6 +119,9 @@ pub struct AgentState {
     pub datapath: Datapath,
     pub netlink: Netlink,
     pub started: Instant,
+    pub allocator: Box<dyn identity::IdentityAllocator>,
+    pub store: Option<store::Store>,
+    pub policy: regen::PolicyState,
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
@@ -94,6 +136,16 @@ impl AgentState {
         let endpoints = Endpoints::open(&config.state_dir)?;
         let datapath = Datapath::load(&config.bpf_root)?;
         let netlink = Netlink::connect()?;
+        let id_dir = config
+            .identity_dir
+            .clone()
+            .unwrap_or_else(|| config.state_dir.join("identities"));
+        let allocator = Box::new(identity::FileAllocator::new(&id_dir)?);
+        let store = config
+            .store
+            .as_deref()
+            .map(store::Store::open)
+            .transpose()?;
         let mut st = Self {
             config,
             ipam,
@@ -101,9 +153,14 @@ impl AgentState {
             datapath,
             netlink,
             started: Instant::now(),
+            allocator,
+            store,
+            policy: Default::default(),
         };
         st.setup_host().await?;
         st.restore().await?;
+        st.adopt_maps()?;
+        st.regenerate().await?;
         Ok(st)
     }
 
@@ -172,25 +229,26 @@ impl AgentState {
         Ok(())
     }
 
+    /// What the maps hold from before a restart becomes the base of the first diff,
+    /// so stale entries are pruned and unchanged ones are not rewritten.
+    fn adopt_maps(&mut self) -> Result<(), AgentError> {
+        for (net, id) in self.datapath.ipcache_entries()? {
+            if let ipnet::IpNet::V4(n) = net {
+                self.policy.ipcache.insert(n, id);
+            }
+        }
+        for (len, key, v) in self.datapath.policy_entries()? {
+            self.policy.entries.insert(
+                (len, key),
+                v.flags & crate::datapath::maps::POLICY_F_DENY != 0,
+            );
+        }
+        Ok(())
+    }
+
     /// Maps, programs and the host route of one endpoint (idempotent).
     async fn program_endpoint(&mut self, ep: &Endpoint) -> Result<(), AgentError> {
-        let mac = parse_mac(&ep.pod_mac).ok_or_else(|| {
-            AgentError::BadRequest(format!("pod_mac {:?} is not a MAC address", ep.pod_mac))
-        })?;
-        let node_mac = parse_mac(&ep.host_mac).ok_or_else(|| {
-            AgentError::BadRequest(format!("host MAC {:?} is not a MAC address", ep.host_mac))
-        })?;
-        let info = EndpointInfo {
-            ifindex: ep.host_ifindex,
-            lxc_id: ep.id,
-            flags: 0,
-            sec_id: 0,
-            mac,
-            node_mac,
-            pad: 0,
-        };
-        self.datapath
-            .upsert_endpoint(EndpointKey::new(ep.ipv4), info)?;
+        self.write_endpoint_map(ep)?;
         self.datapath.attach_endpoint(&ep.host_ifname)?;
         let _ = write_sysctl(&format!("net.ipv4.conf.{}.rp_filter", ep.host_ifname), "0");
         self.netlink
@@ -290,17 +348,35 @@ impl AgentState {
             k8s_namespace: req.k8s_namespace,
             k8s_pod_name: req.k8s_pod_name,
             labels: Default::default(),
+            identity: 0,
+            ingress_enforced: false,
+            egress_enforced: false,
             state: "ready".into(),
         };
-        if let Err(e) = self.program_endpoint(&ep).await {
-            // Nothing half-applied: undo maps and links of this endpoint.
-            let _ =
-                self.datapath
-                    .remove_endpoint(EndpointKey::new(ep.ipv4), ep.host_ifindex, ep.id);
-            let _ = self.datapath.detach_endpoint(&ep.host_ifname);
-            return Err(e);
-        }
+        // Identity and policy first, so the pod's first packet is already enforced.
         self.endpoints.put(ep.clone())?;
+        let res = match self.regenerate().await {
+            Ok(()) => {
+                let ep = self.endpoints.get(ep.id).cloned().unwrap_or(ep.clone());
+                self.program_endpoint(&ep).await.map(|_| ep)
+            }
+            Err(e) => Err(e),
+        };
+        let ep = match res {
+            Ok(ep) => ep,
+            Err(e) => {
+                // Nothing half-applied: undo maps and links of this endpoint.
+                let _ = self.datapath.remove_endpoint(
+                    EndpointKey::new(ep.ipv4),
+                    ep.host_ifindex,
+                    ep.id,
+                );
+                let _ = self.datapath.detach_endpoint(&ep.host_ifname);
+                self.endpoints.remove(ep.id);
+                let _ = self.regenerate().await;
+                return Err(e);
+            }
+        };
         info!(id = ep.id, ip = %ep.ipv4, link = %ep.host_ifname, pod = ?ep.k8s_pod_name, "endpoint created");
         Ok(ep)
     }
@@ -333,6 +409,9 @@ impl AgentState {
             warn!(error = %e, "removing the endpoint route");
         }
         self.endpoints.remove(ep.id);
+        if let Err(e) = self.regenerate().await {
+            warn!(error = %e, "regeneration after endpoint deletion");
+        }
         info!(id = ep.id, ip = %ep.ipv4, "endpoint deleted");
         Ok(Some(ep))
     }
@@ -379,6 +458,8 @@ impl AgentState {
             ipam_used: self.ipam.v4.used(),
             bpf_root: self.config.bpf_root.display().to_string(),
             kube_proxy_replacement: "False".into(),
+            policy_revision: self.policy.generation.unwrap_or(0),
+            policy_enforcement: format!("{:?}", self.config.enable_policy).to_lowercase(),
             uptime_seconds: self.started.elapsed().as_secs(),
         }
     }
@@ -391,10 +472,52 @@ impl AgentState {
 /// Runs the agent until SIGTERM/SIGINT. Leaves the datapath in place on exit.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let socket = config.socket.clone();
-    let state = AgentState::start(config).await?;
+    let mut state = AgentState::start(config).await?;
     info!(node = %state.config.node_name, cidr = %state.config.pod_cidr, endpoints = state.endpoints.len(), "agent started");
+    let ring = state.datapath.take_events()?;
+    let events = events::spawn_reader(ring)?;
+    let gc_every = std::time::Duration::from_secs(state.config.ct_gc_interval.max(1));
     let shared: Shared = Arc::new(Mutex::new(state));
-    api::serve(shared, &socket).await?;
+    tokio::spawn(watch_store(shared.clone()));
+    tokio::spawn(ct_gc(shared.clone(), gc_every));
+    api::serve(shared, events, &socket).await?;
     info!("agent stopped; the datapath keeps forwarding");
     Ok(())
+}
+
+/// Regenerates whenever the local store's generation changes (polled: cheap, and
+/// within the 1 s a label change must take effect).
+async fn watch_store(state: Shared) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let mut st = state.lock().await;
+        let Some(gen) = st.store.as_ref().map(|s| s.generation()) else {
+            return;
+        };
+        if st.policy.generation != Some(gen) {
+            if let Err(e) = st.regenerate().await {
+                warn!(error = %e, "regeneration failed; the previous policy keeps enforcing");
+                // Do not retry the same generation in a tight loop.
+                st.policy.generation = Some(gen);
+            }
+        }
+    }
+}
+
+/// Removes expired conntrack entries periodically.
+async fn ct_gc(state: Shared, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u32)
+            .unwrap_or(0);
+        let mut st = state.lock().await;
+        match st.datapath.ct_gc(now) {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "conntrack garbage collection"),
+            Err(e) => warn!(error = %e, "conntrack garbage collection"),
+        }
+    }
 }

@@ -63,8 +63,16 @@ pub struct Endpoint {
     pub k8s_namespace: Option<String>,
     #[serde(default)]
     pub k8s_pod_name: Option<String>,
+    /// Security labels ("k8s:app" -> "web", ...).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Security identity (0 until the first regeneration).
+    #[serde(default)]
+    pub identity: u32,
+    #[serde(default)]
+    pub ingress_enforced: bool,
+    #[serde(default)]
+    pub egress_enforced: bool,
     pub state: String,
 }
 
@@ -114,6 +122,10 @@ pub struct StatusResponse {
     pub ipam_used: usize,
     pub bpf_root: String,
     pub kube_proxy_replacement: String,
+    #[serde(default)]
+    pub policy_revision: u64,
+    #[serde(default)]
+    pub policy_enforcement: String,
     pub uptime_seconds: u64,
 }
 
@@ -131,4 +143,37 @@ pub struct MetricEntry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// GET /v1/identity
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IdentityModel {
+    pub id: u32,
+    pub labels: Vec<String>,
+    pub kind: String,
+}
+
+/// GET /v1/policy
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PolicyModel {
+    pub revision: u64,
+    pub policies: Vec<String>,
+    pub rules: usize,
+}
+
+/// One line of `cilium monitor` (GET /v1/monitor streams them as JSON lines).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MonitorEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub reason: u8,
+    pub reason_name: String,
+    pub direction: String,
+    pub endpoint: u16,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub src: String,
+    pub dst: String,
+    pub protocol: String,
+    pub len: u32,
 }

@@ -15,7 +15,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{agent::client::Client, datapath::netns};
+use crate::{
+    agent::{
+        client::Client,
+        store::{PodObject, Store},
+    },
+    datapath::netns,
+};
 
 /// Where local clusters keep their state.
 pub const STATE_ROOT: &str = "/var/run/cilium-local";
@@ -127,6 +133,11 @@ impl Cluster {
 
     fn pods_dir(&self) -> PathBuf {
         self.dir.join("pods")
+    }
+
+    /// The cluster's local store (pods' labels, namespaces, policies).
+    pub fn store(&self) -> Result<Store> {
+        Ok(Store::open(&self.dir.join("store"))?)
     }
 
     pub fn pods(&self) -> Vec<PodRecord> {
@@ -297,6 +308,8 @@ async fn up_inner(opts: &UpOptions, dir: &Path) -> Result<Cluster> {
     let node_dir = dir.join("nodes").join(&node_name);
     std::fs::create_dir_all(&node_dir)?;
     let ns = add_netns(&netns_name(&opts.name, &node_name)).await?;
+    let outside = add_netns(&netns_name(&opts.name, "outside")).await?;
+    connect_outside(&ns, &outside, opts.pod_cidr).await?;
     let mut node = NodeSpec {
         name: node_name.clone(),
         netns: ns,
@@ -337,6 +350,94 @@ async fn up_inner(opts: &UpOptions, dir: &Path) -> Result<Cluster> {
     Ok(cluster)
 }
 
+/// The cluster directory of a node (`<cluster>/nodes/<node>/..`).
+fn cluster_dir_of(node: &NodeSpec) -> PathBuf {
+    node.state_dir
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn node_store(node: &NodeSpec) -> PathBuf {
+    cluster_dir_of(node).join("store")
+}
+
+fn node_identities(node: &NodeSpec) -> PathBuf {
+    cluster_dir_of(node).join("identities")
+}
+
+/// Addresses of the "outside" namespace that plays the internet (documentation ranges).
+pub const OUTSIDE_NODE_SIDE: &str = "203.0.113.1";
+pub const OUTSIDE_ADDR: &str = "203.0.113.2";
+pub const OUTSIDE_EXTRA: &str = "198.51.100.2";
+
+/// Joins the node to the "outside" namespace with a veth pair: the node routes the
+/// documentation ranges there, the outside routes the pod CIDR back through the node.
+async fn connect_outside(
+    node_ns: &Path,
+    outside_ns: &Path,
+    pod_cidr: ipnet::Ipv4Net,
+) -> Result<()> {
+    use crate::datapath::link::{LinkError, Netlink};
+    use std::net::{IpAddr, Ipv4Addr};
+    let outside_file = File::open(outside_ns)?;
+    let node_side: Ipv4Addr = OUTSIDE_NODE_SIDE.parse()?;
+    let outside_addr: Ipv4Addr = OUTSIDE_ADDR.parse()?;
+    let extra: Ipv4Addr = OUTSIDE_EXTRA.parse()?;
+    netns::block_on_in_netns(node_ns, || async {
+        let nl = Netlink::connect()?;
+        if nl.link_by_name("cilium_ext").await?.is_none() {
+            nl.add_veth_into(
+                "cilium_ext",
+                "eth0",
+                std::os::fd::AsRawFd::as_raw_fd(&outside_file),
+                1500,
+            )
+            .await?;
+        }
+        let l = nl
+            .link_by_name("cilium_ext")
+            .await?
+            .ok_or_else(|| LinkError::NotFound("cilium_ext".into()))?;
+        nl.add_address(l.index, IpAddr::V4(node_side), 24).await?;
+        nl.set_up(l.index).await?;
+        nl.replace_route_v4(
+            Ipv4Addr::new(198, 51, 100, 0),
+            24,
+            l.index,
+            Some(outside_addr),
+            None,
+        )
+        .await?;
+        Ok::<_, LinkError>(())
+    })??;
+    netns::block_on_in_netns(outside_ns, || async {
+        let nl = Netlink::connect()?;
+        let l = nl
+            .link_by_name("eth0")
+            .await?
+            .ok_or_else(|| LinkError::NotFound("eth0".into()))?;
+        nl.add_address(l.index, IpAddr::V4(outside_addr), 24)
+            .await?;
+        nl.set_up(l.index).await?;
+        if let Some(lo) = nl.link_by_name("lo").await? {
+            nl.add_address(lo.index, IpAddr::V4(extra), 32).await?;
+        }
+        nl.replace_route_v4(
+            pod_cidr.network(),
+            pod_cidr.prefix_len(),
+            l.index,
+            Some(node_side),
+            None,
+        )
+        .await?;
+        Ok::<_, LinkError>(())
+    })??;
+    Ok(())
+}
+
 /// Starts a node's agent in the background, inside the node's namespace.
 pub fn start_agent(node: &NodeSpec) -> Result<u32> {
     let log = std::fs::OpenOptions::new()
@@ -358,6 +459,10 @@ pub fn start_agent(node: &NodeSpec) -> Result<u32> {
         .arg(&node.state_dir)
         .arg("--bpf-root")
         .arg(&node.bpf_root)
+        .arg("--store")
+        .arg(node_store(node))
+        .arg("--identity-dir")
+        .arg(node_identities(node))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -535,6 +640,7 @@ pub struct RunOptions {
     pub namespace: String,
     pub node: Option<String>,
     pub labels: BTreeMap<String, String>,
+    pub named_ports: BTreeMap<String, String>,
     pub detach: bool,
     pub command: Vec<String>,
 }
@@ -567,7 +673,22 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let ns = add_netns(&netns_name(&cluster.name, &format!("pod-{}", opts.name))).await?;
+    // The pod object first: the agent derives the endpoint's identity from its labels.
+    let store = cluster.store()?;
+    store.put_pod(&PodObject {
+        name: opts.name.clone(),
+        namespace: opts.namespace.clone(),
+        labels: opts.labels.clone(),
+        service_account: None,
+        named_ports: opts.named_ports.clone(),
+    })?;
+    let ns = match add_netns(&netns_name(&cluster.name, &format!("pod-{}", opts.name))).await {
+        Ok(ns) => ns,
+        Err(e) => {
+            let _ = store.delete_pod(&opts.namespace, &opts.name);
+            return Err(e);
+        }
+    };
     let mut pod = PodRecord {
         name: opts.name.clone(),
         namespace: opts.namespace.clone(),
@@ -585,6 +706,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         Err(e) => {
             del_netns(&ns).await;
             let _ = std::fs::remove_file(cluster.pods_dir().join(format!("{}.json", pod.name)));
+            let _ = store.delete_pod(&pod.namespace, &pod.name);
             return Err(e);
         }
     };
@@ -641,8 +763,62 @@ async fn remove_pod(cluster: &Cluster, pod: &PodRecord) {
         }
     }
     del_netns(&pod.netns).await;
+    if let Ok(store) = cluster.store() {
+        let _ = store.delete_pod(&pod.namespace, &pod.name);
+    }
     let _ = std::fs::remove_file(cluster.pods_dir().join(format!("{}.json", pod.name)));
     let _ = std::fs::remove_file(cluster.pods_dir().join(format!("{}.log", pod.name)));
+}
+
+/// Reads YAML from a file, every *.yaml/*.yml/*.json file of a directory, or stdin ("-").
+pub fn read_manifests(path: &Path) -> Result<String> {
+    if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        return Ok(s);
+    }
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+            })
+            .collect();
+        files.sort();
+        let mut out = String::new();
+        for f in files {
+            out +=
+                &std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            out += "\n---\n";
+        }
+        return Ok(out);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Changes a pod's labels: `key=value` sets, `key-` removes.
+pub fn label(cluster: &str, pod: &str, changes: &[String]) -> Result<BTreeMap<String, String>> {
+    let cluster = Cluster::load(cluster)?;
+    let rec = cluster.pod(pod)?;
+    let store = cluster.store()?;
+    let mut obj = store.get_pod(&rec.namespace, &rec.name)?;
+    for c in changes {
+        if let Some(k) = c.strip_suffix('-') {
+            obj.labels.remove(k);
+        } else if let Some((k, v)) = c.split_once('=') {
+            if k.is_empty() {
+                bail!("label {c:?} has an empty key");
+            }
+            obj.labels.insert(k.to_string(), v.to_string());
+        } else {
+            bail!("label change {c:?} is neither key=value nor key-");
+        }
+    }
+    store.put_pod(&obj)?;
+    Ok(obj.labels)
 }
 
 pub async fn rm(cluster: &str, name: &str) -> Result<()> {

@@ -60,6 +60,23 @@ enum Cmd {
     /// Inspect the eBPF maps
     #[command(subcommand)]
     Bpf(BpfCmd),
+    /// Security identities
+    #[command(subcommand)]
+    Identity(IdentityCmd),
+    /// The policy the agent enforces
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Print datapath events live (drops with their reason)
+    Monitor {
+        /// Only events of this type
+        #[arg(short = 't', long = "type", value_parser = ["drop"])]
+        kind: Option<String>,
+        /// Stop after this many events
+        #[arg(short = 'n', long)]
+        count: Option<usize>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// A local cluster of network namespaces on this host, with the real agent and datapath
     #[command(subcommand)]
     Local(LocalCmd),
@@ -75,7 +92,40 @@ enum EndpointCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum IdentityCmd {
+    /// List identities (reserved, endpoint and CIDR ones)
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show one identity
+    Get {
+        id: u32,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Show the policies in force and the revision
+    Get {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum BpfCmd {
+    /// The ipcache: prefix -> identity
+    #[command(subcommand)]
+    Ipcache(MapList),
+    /// The connection tracking table
+    #[command(subcommand)]
+    Ct(MapList),
+    /// Policy map entries of one endpoint, with packet/byte counters
+    #[command(subcommand)]
+    Policy(PolicyMapCmd),
     /// Datapath metrics: forwarded and dropped packets by reason and direction
     #[command(subcommand)]
     Metrics(MapList),
@@ -91,6 +141,18 @@ enum MapList {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
         /// bpffs directory of the node (default: the agent's)
+        #[arg(long)]
+        bpf_root: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyMapCmd {
+    /// Entries of an endpoint (by endpoint id)
+    Get {
+        endpoint: u16,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
         #[arg(long)]
         bpf_root: Option<PathBuf>,
     },
@@ -145,6 +207,9 @@ enum LocalCmd {
         /// Pod labels, k=v[,k=v...]
         #[arg(long, value_parser = parse_labels, default_value = "")]
         labels: BTreeMap<String, String>,
+        /// Named container ports, name=PROTO/port[,...] (e.g. http=TCP/8080)
+        #[arg(long = "port", value_parser = parse_labels, default_value = "")]
+        ports: BTreeMap<String, String>,
         /// Node to run on (default: the first)
         #[arg(long)]
         node: Option<String>,
@@ -168,6 +233,29 @@ enum LocalCmd {
         #[command(flatten)]
         c: ClusterArg,
         pod: String,
+    },
+    /// Add or replace policies (and namespaces) from YAML, all or nothing
+    Apply {
+        #[command(flatten)]
+        c: ClusterArg,
+        /// File, directory, or - for stdin
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Remove the objects named in YAML
+    Delete {
+        #[command(flatten)]
+        c: ClusterArg,
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Change a pod's labels: key=value sets, key- removes
+    Label {
+        #[command(flatten)]
+        c: ClusterArg,
+        pod: String,
+        #[arg(required = true)]
+        changes: Vec<String>,
     },
     /// Stop (and start again) a node's agent; the datapath keeps forwarding meanwhile
     RestartAgent {
@@ -262,7 +350,7 @@ fn run(cli: Cli) -> Result<i32> {
             let st = runtime()?.block_on(client.status())?;
             render(output, &st, || {
                 format!(
-                    "Node:                   {}\nCilium:                 {} ({})\nPod CIDR:               {}{}\nRouter IP:              {}\nEndpoints:              {}\nIPAM:                   {} allocated\nBPF root:               {}\nKubeProxyReplacement:   {}\nUptime:                 {}s\n",
+                    "Node:                   {}\nCilium:                 {} ({})\nPod CIDR:               {}{}\nRouter IP:              {}\nEndpoints:              {}\nIPAM:                   {} allocated\nBPF root:               {}\nKubeProxyReplacement:   {}\nPolicy enforcement:     {} (revision {})\nUptime:                 {}s\n",
                     st.node_name,
                     st.state,
                     st.version,
@@ -273,6 +361,8 @@ fn run(cli: Cli) -> Result<i32> {
                     st.ipam_used,
                     st.bpf_root,
                     st.kube_proxy_replacement,
+                    st.policy_enforcement,
+                    st.policy_revision,
                     st.uptime_seconds
                 )
             })
@@ -282,8 +372,15 @@ fn run(cli: Cli) -> Result<i32> {
             let eps = runtime()?.block_on(client.endpoints())?;
             render(output, &eps, || {
                 let mut s = format!(
-                    "{:<8} {:<15} {:<16} {:<30} {:<17} {}\n",
-                    "ENDPOINT", "IPv4", "INTERFACE", "POD", "CONTAINER", "STATE"
+                    "{:<8} {:<10} {:<10} {:<9} {:<15} {:<16} {:<24} {}\n",
+                    "ENDPOINT",
+                    "POLICY-IN",
+                    "POLICY-EG",
+                    "IDENTITY",
+                    "IPv4",
+                    "INTERFACE",
+                    "POD",
+                    "LABELS"
                 );
                 for e in &eps {
                     let pod = match (&e.k8s_namespace, &e.k8s_pod_name) {
@@ -291,14 +388,25 @@ fn run(cli: Cli) -> Result<i32> {
                         (None, Some(p)) => p.clone(),
                         _ => "-".into(),
                     };
+                    let onoff = |b: bool| if b { "Enabled" } else { "Disabled" };
+                    let labels: Vec<String> = crate::policy::labels::Labels(e.labels.clone())
+                        .to_strings()
+                        .into_iter()
+                        .filter(|l| {
+                            !l.starts_with("k8s:io.cilium.k8s.")
+                                && !l.starts_with("k8s:io.kubernetes.pod.namespace")
+                        })
+                        .collect();
                     s += &format!(
-                        "{:<8} {:<15} {:<16} {:<30} {:<17} {}\n",
+                        "{:<8} {:<10} {:<10} {:<9} {:<15} {:<16} {:<24} {}\n",
                         e.id,
+                        onoff(e.ingress_enforced),
+                        onoff(e.egress_enforced),
+                        e.identity,
                         e.ipv4,
                         e.host_ifname,
                         pod,
-                        &e.container_id[..e.container_id.len().min(12)],
-                        e.state
+                        labels.join(",")
                     );
                 }
                 s
@@ -378,6 +486,198 @@ fn run(cli: Cli) -> Result<i32> {
                         r.mac,
                         r.from_endpoint_packets,
                         r.to_endpoint_packets
+                    );
+                }
+                s
+            })
+        }
+        Cmd::Identity(IdentityCmd::List { output }) => {
+            let client = Client::new(resolve_socket(cli.host)?);
+            let ids = runtime()?.block_on(client.identities())?;
+            render(output, &ids, || {
+                let mut s = format!("{:<10} {}\n", "ID", "LABELS");
+                for i in &ids {
+                    s += &format!("{:<10} {}\n", i.id, i.labels.join("\n           "));
+                }
+                s
+            })
+        }
+        Cmd::Identity(IdentityCmd::Get { id, output }) => {
+            let client = Client::new(resolve_socket(cli.host)?);
+            let i = runtime()?.block_on(client.identity(id))?;
+            render(output, &i, || {
+                format!("{:<10} {}\n", i.id, i.labels.join("\n           "))
+            })
+        }
+        Cmd::Policy(PolicyCmd::Get { output }) => {
+            let client = Client::new(resolve_socket(cli.host)?);
+            let p = runtime()?.block_on(client.policy())?;
+            render(output, &p, || {
+                let mut s = String::new();
+                for n in &p.policies {
+                    s += &format!("{n}\n");
+                }
+                s + &format!("Revision: {} ({} rules)\n", p.revision, p.rules)
+            })
+        }
+        Cmd::Monitor {
+            kind: _,
+            count,
+            output,
+        } => {
+            let client = Client::new(resolve_socket(cli.host)?);
+            let mut seen = 0usize;
+            runtime()?.block_on(client.monitor(|ev| {
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(&ev).unwrap_or_default()),
+                    Output::Yaml => {
+                        print!("---\n{}", serde_yaml::to_string(&ev).unwrap_or_default())
+                    }
+                    Output::Table => println!(
+                        "xx drop ({}) flow {} endpoint {}, identity {}->{}: {} -> {} {}",
+                        ev.reason_name,
+                        ev.direction.to_lowercase(),
+                        ev.endpoint,
+                        ev.src_identity,
+                        ev.dst_identity,
+                        ev.src,
+                        ev.dst,
+                        ev.protocol
+                    ),
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                seen += 1;
+                count.is_none_or(|c| seen < c)
+            }))?;
+            Ok(0)
+        }
+        Cmd::Bpf(BpfCmd::Ipcache(MapList::List { output, bpf_root })) => {
+            let root = resolve_bpf_root(cli.host, bpf_root)?;
+            #[derive(Serialize)]
+            struct Row {
+                prefix: String,
+                identity: u32,
+            }
+            let rows: Vec<Row> = loader::read_ipcache(&root)?
+                .into_iter()
+                .map(|(n, id)| Row {
+                    prefix: n.to_string(),
+                    identity: id,
+                })
+                .collect();
+            render(output, &rows, || {
+                let mut s = format!("{:<20} {}\n", "IP PREFIX/ADDRESS", "IDENTITY");
+                for r in &rows {
+                    s += &format!("{:<20} identity={}\n", r.prefix, r.identity);
+                }
+                s
+            })
+        }
+        Cmd::Bpf(BpfCmd::Ct(MapList::List { output, bpf_root })) => {
+            let root = resolve_bpf_root(cli.host, bpf_root)?;
+            #[derive(Serialize)]
+            struct Row {
+                direction: &'static str,
+                protocol: u8,
+                src: String,
+                dst: String,
+                lifetime: u32,
+                flags: u16,
+                packets: u64,
+                bytes: u64,
+                src_identity: u32,
+            }
+            let ip = |a: u32| std::net::Ipv4Addr::from(a.to_ne_bytes());
+            let rows: Vec<Row> = loader::read_ct(&root)?
+                .into_iter()
+                .map(|(k, v)| Row {
+                    direction: if k.dir == 0 { "OUT" } else { "IN" },
+                    protocol: k.nexthdr,
+                    src: format!("{}:{}", ip(k.saddr), u16::from_be(k.sport)),
+                    dst: format!("{}:{}", ip(k.daddr), u16::from_be(k.dport)),
+                    lifetime: v.lifetime,
+                    flags: v.flags,
+                    packets: v.packets,
+                    bytes: v.bytes,
+                    src_identity: v.src_sec_id,
+                })
+                .collect();
+            render(output, &rows, || {
+                let mut s = String::new();
+                for r in &rows {
+                    s += &format!(
+                        "{} proto={} {} -> {} expires={} flags={:#x} packets={} bytes={} src_identity={}\n",
+                        r.direction, r.protocol, r.src, r.dst, r.lifetime, r.flags, r.packets, r.bytes, r.src_identity
+                    );
+                }
+                s
+            })
+        }
+        Cmd::Bpf(BpfCmd::Policy(PolicyMapCmd::Get {
+            endpoint,
+            output,
+            bpf_root,
+        })) => {
+            let root = resolve_bpf_root(cli.host, bpf_root)?;
+            #[derive(Serialize)]
+            struct Row {
+                policy: &'static str,
+                direction: &'static str,
+                identity: u32,
+                protocol: String,
+                port_range: String,
+                packets: u64,
+                bytes: u64,
+            }
+            let rows: Vec<Row> = loader::read_policy(&root)?
+                .into_iter()
+                .filter(|(_, k, _)| k.ep_id == endpoint)
+                .map(|(len, k, v)| Row {
+                    policy: if v.flags & maps::POLICY_F_DENY != 0 {
+                        "Deny"
+                    } else {
+                        "Allow"
+                    },
+                    direction: if k.egress != 0 { "Egress" } else { "Ingress" },
+                    identity: k.sec_label,
+                    protocol: match k.protocol {
+                        0 => "ANY".into(),
+                        1 => "ICMP".into(),
+                        6 => "TCP".into(),
+                        17 => "UDP".into(),
+                        132 => "SCTP".into(),
+                        n => n.to_string(),
+                    },
+                    port_range: match datapath::policymap::key_port_range(len, &k) {
+                        None => "ANY".into(),
+                        Some((a, b)) if a == b => a.to_string(),
+                        Some((0, 65535)) => "ANY".into(),
+                        Some((a, b)) => format!("{a}-{b}"),
+                    },
+                    packets: v.packets,
+                    bytes: v.bytes,
+                })
+                .collect();
+            render(output, &rows, || {
+                let mut s = format!(
+                    "{:<8} {:<10} {:<10} {:<8} {:<12} {:>10} {:>12}\n",
+                    "POLICY", "DIRECTION", "IDENTITY", "PROTO", "PORT", "PACKETS", "BYTES"
+                );
+                for r in &rows {
+                    s += &format!(
+                        "{:<8} {:<10} {:<10} {:<8} {:<12} {:>10} {:>12}\n",
+                        r.policy,
+                        r.direction,
+                        if r.identity == 0 {
+                            "ANY".to_string()
+                        } else {
+                            r.identity.to_string()
+                        },
+                        r.protocol,
+                        r.port_range,
+                        r.packets,
+                        r.bytes
                     );
                 }
                 s
@@ -497,6 +797,7 @@ fn run_local(cmd: LocalCmd) -> Result<i32> {
             name,
             namespace,
             labels,
+            ports,
             node,
             detach,
             command,
@@ -505,11 +806,42 @@ fn run_local(cmd: LocalCmd) -> Result<i32> {
             name,
             namespace,
             node,
+            named_ports: ports,
             labels,
             detach,
             command,
         })),
         LocalCmd::Exec { c, pod, command } => local::exec(&c.cluster, &pod, &command),
+        LocalCmd::Apply { c, files } => {
+            let cluster = local::Cluster::load(&c.cluster)?;
+            let mut text = String::new();
+            for f in &files {
+                text += &local::read_manifests(f)?;
+                text += "\n---\n";
+            }
+            for line in cluster.store()?.apply(&text)? {
+                println!("{line}");
+            }
+            Ok(0)
+        }
+        LocalCmd::Delete { c, files } => {
+            let cluster = local::Cluster::load(&c.cluster)?;
+            let mut text = String::new();
+            for f in &files {
+                text += &local::read_manifests(f)?;
+                text += "\n---\n";
+            }
+            for line in cluster.store()?.delete(&text)? {
+                println!("{line}");
+            }
+            Ok(0)
+        }
+        LocalCmd::Label { c, pod, changes } => {
+            let labels = local::label(&c.cluster, &pod, &changes)?;
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("pod {pod} labeled: {}", l.join(","));
+            Ok(0)
+        }
         LocalCmd::Rm { c, pod } => {
             rt.block_on(local::rm(&c.cluster, &pod))?;
             println!("pod {pod} removed");

@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuHashMap},
+    maps::{lpm_trie::Key as LpmKey, HashMap, LpmTrie, MapData, PerCpuHashMap, RingBuf},
     programs::{
         links::{FdLink, LinkError as AyaLinkError, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -298,6 +298,109 @@ impl Datapath {
         Ok(())
     }
 
+    fn lpm<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<LpmTrie<&mut MapData, K, V>> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))?;
+        LpmTrie::try_from(map).map_err(|e| DatapathError::Map {
+            map: name,
+            source: Box::new(e),
+        })
+    }
+
+    /// Maps an IPv4 prefix to a security identity.
+    pub fn ipcache_upsert(&mut self, net: ipnet::Ipv4Net, identity: u32) -> Result<()> {
+        let (len, data) = IpcacheKey::v4(net);
+        let value = IpcacheValue {
+            sec_identity: identity,
+            tunnel_endpoint: 0,
+            flags: 0,
+            pad: [0; 3],
+        };
+        self.lpm::<IpcacheKey, IpcacheValue>(MAP_IPCACHE)?
+            .insert(&LpmKey::new(len, data), value, 0)
+            .map_err(|e| DatapathError::Map {
+                map: MAP_IPCACHE,
+                source: Box::new(e),
+            })
+    }
+
+    /// Removes an ipcache prefix; a missing one is fine.
+    pub fn ipcache_remove(&mut self, net: ipnet::Ipv4Net) -> Result<()> {
+        let (len, data) = IpcacheKey::v4(net);
+        let _ = self
+            .lpm::<IpcacheKey, IpcacheValue>(MAP_IPCACHE)?
+            .remove(&LpmKey::new(len, data));
+        Ok(())
+    }
+
+    /// Current ipcache content: prefix -> identity.
+    pub fn ipcache_entries(&mut self) -> Result<Vec<(ipnet::IpNet, u32)>> {
+        let m = self.lpm::<IpcacheKey, IpcacheValue>(MAP_IPCACHE)?;
+        Ok(lpm_dump(&m)
+            .into_iter()
+            .filter_map(|(len, k, v)| k.to_net(len).map(|n| (n, v.sec_identity)))
+            .collect())
+    }
+
+    /// Writes a policy entry (allow, or deny with `deny`). Counters restart at zero.
+    pub fn policy_insert(&mut self, prefixlen: u32, key: PolicyKeyData, deny: bool) -> Result<()> {
+        let value = PolicyEntryValue {
+            flags: if deny { POLICY_F_DENY } else { 0 },
+            ..Default::default()
+        };
+        self.lpm::<PolicyKeyData, PolicyEntryValue>(MAP_POLICY)?
+            .insert(&LpmKey::new(prefixlen, key), value, 0)
+            .map_err(|e| DatapathError::Map {
+                map: MAP_POLICY,
+                source: Box::new(e),
+            })
+    }
+
+    pub fn policy_remove(&mut self, prefixlen: u32, key: PolicyKeyData) -> Result<()> {
+        let _ = self
+            .lpm::<PolicyKeyData, PolicyEntryValue>(MAP_POLICY)?
+            .remove(&LpmKey::new(prefixlen, key));
+        Ok(())
+    }
+
+    /// Every policy entry: (prefix length, key, value).
+    pub fn policy_entries(&mut self) -> Result<Vec<(u32, PolicyKeyData, PolicyEntryValue)>> {
+        let m = self.lpm::<PolicyKeyData, PolicyEntryValue>(MAP_POLICY)?;
+        Ok(lpm_dump(&m))
+    }
+
+    /// Takes the events ring buffer out of the object (once), for the event reader.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(MAP_EVENTS)
+            .ok_or(DatapathError::MissingMap(MAP_EVENTS))?;
+        RingBuf::try_from(map).map_err(|e| DatapathError::Map {
+            map: MAP_EVENTS,
+            source: Box::new(e),
+        })
+    }
+
+    /// Removes conntrack entries that expired before `now` (seconds of CLOCK_MONOTONIC).
+    pub fn ct_gc(&mut self, now: u32) -> Result<usize> {
+        let mut m = self.hash_map::<CtKey, CtEntry>(MAP_CT4)?;
+        let expired: Vec<CtKey> = m
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| v.lifetime < now)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &expired {
+            let _ = m.remove(k);
+        }
+        Ok(expired.len())
+    }
+
     /// Current endpoints map content.
     pub fn endpoints(&mut self) -> Result<Vec<(EndpointKey, EndpointInfo)>> {
         let m = self.hash_map::<EndpointKey, EndpointInfo>(MAP_ENDPOINTS)?;
@@ -326,17 +429,8 @@ pub fn detach_pins(root: &Path, host_ifname: &str) -> Result<()> {
 
 /// Summed per-CPU metrics from the pinned cilium_metrics map under `root`.
 pub fn read_metrics(root: &Path) -> Result<Vec<(MetricsKey, MetricsValue)>> {
-    let data = MapData::from_pin(root.join(MAP_METRICS)).map_err(|e| DatapathError::Map {
-        map: MAP_METRICS,
-        source: Box::new(e),
-    })?;
     let map: PerCpuHashMap<MapData, MetricsKey, MetricsValue> =
-        PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data)).map_err(|e| {
-            DatapathError::Map {
-                map: MAP_METRICS,
-                source: Box::new(e),
-            }
-        })?;
+        pinned(root, MAP_METRICS, aya::maps::Map::PerCpuHashMap)?;
     let mut out: Vec<(MetricsKey, MetricsValue)> = map
         .iter()
         .filter_map(|r| r.ok())
@@ -355,17 +449,8 @@ pub fn read_metrics(root: &Path) -> Result<Vec<(MetricsKey, MetricsValue)>> {
 
 /// Summed per-CPU counters of each endpoint from the pinned cilium_ep_stats map under `root`.
 pub fn read_ep_stats(root: &Path) -> Result<Vec<(u32, EpStats)>> {
-    let data = MapData::from_pin(root.join(MAP_EP_STATS)).map_err(|e| DatapathError::Map {
-        map: MAP_EP_STATS,
-        source: Box::new(e),
-    })?;
     let map: PerCpuHashMap<MapData, EpStatsKey, EpStats> =
-        PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data)).map_err(|e| {
-            DatapathError::Map {
-                map: MAP_EP_STATS,
-                source: Box::new(e),
-            }
-        })?;
+        pinned(root, MAP_EP_STATS, aya::maps::Map::PerCpuHashMap)?;
     Ok(map
         .iter()
         .filter_map(|r| r.ok())
@@ -384,14 +469,80 @@ pub fn read_ep_stats(root: &Path) -> Result<Vec<(u32, EpStats)>> {
 
 /// The pinned cilium_lxc map under `root`.
 pub fn read_endpoints(root: &Path) -> Result<Vec<(EndpointKey, EndpointInfo)>> {
-    let data = MapData::from_pin(root.join(MAP_ENDPOINTS)).map_err(|e| DatapathError::Map {
-        map: MAP_ENDPOINTS,
+    let map: HashMap<MapData, EndpointKey, EndpointInfo> =
+        pinned(root, MAP_ENDPOINTS, aya::maps::Map::HashMap)?;
+    Ok(map.iter().filter_map(|r| r.ok()).collect())
+}
+
+fn lpm_dump<T: std::borrow::Borrow<MapData>, K: aya::Pod, V: aya::Pod>(
+    m: &LpmTrie<T, K, V>,
+) -> Vec<(u32, K, V)> {
+    m.iter()
+        .filter_map(|r| r.ok())
+        .map(|(k, v)| (k.prefix_len(), k.data(), v))
+        .collect()
+}
+
+fn pinned<M>(
+    root: &Path,
+    name: &'static str,
+    wrap: impl FnOnce(MapData) -> aya::maps::Map,
+) -> Result<M>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let data = MapData::from_pin(root.join(name)).map_err(|e| DatapathError::Map {
+        map: name,
         source: Box::new(e),
     })?;
-    let map: HashMap<MapData, EndpointKey, EndpointInfo> =
-        HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|e| DatapathError::Map {
-            map: MAP_ENDPOINTS,
-            source: Box::new(e),
-        })?;
-    Ok(map.iter().filter_map(|r| r.ok()).collect())
+    M::try_from(wrap(data)).map_err(|e| DatapathError::Map {
+        map: name,
+        source: Box::new(e),
+    })
+}
+
+/// The pinned ipcache under `root`: (prefix, identity), sorted.
+pub fn read_ipcache(root: &Path) -> Result<Vec<(ipnet::IpNet, u32)>> {
+    let m: LpmTrie<MapData, IpcacheKey, IpcacheValue> =
+        pinned(root, MAP_IPCACHE, aya::maps::Map::LpmTrie)?;
+    let mut v: Vec<(ipnet::IpNet, u32)> = lpm_dump(&m)
+        .into_iter()
+        .filter_map(|(len, k, v)| k.to_net(len).map(|n| (n, v.sec_identity)))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// The pinned policy map under `root`.
+pub fn read_policy(root: &Path) -> Result<Vec<(u32, PolicyKeyData, PolicyEntryValue)>> {
+    let m: LpmTrie<MapData, PolicyKeyData, PolicyEntryValue> =
+        pinned(root, MAP_POLICY, aya::maps::Map::LpmTrie)?;
+    let mut v = lpm_dump(&m);
+    v.sort_by_key(|(len, k, _)| {
+        (
+            k.ep_id,
+            k.egress,
+            k.sec_label,
+            k.protocol,
+            u16::from_be(k.dport),
+            *len,
+        )
+    });
+    Ok(v)
+}
+
+/// The pinned conntrack table under `root`.
+pub fn read_ct(root: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
+    let m: HashMap<MapData, CtKey, CtEntry> = pinned(root, MAP_CT4, aya::maps::Map::LruHashMap)?;
+    Ok(m.iter().filter_map(|r| r.ok()).collect())
+}
+
+/// Registers the events ring buffer with the tokio reactor for readiness.
+pub fn async_ring(
+    ring: RingBuf<MapData>,
+) -> std::io::Result<tokio::io::unix::AsyncFd<RingBuf<MapData>>> {
+    // SAFETY: the AsyncFd owns the ring buffer, which owns its file descriptor, so the
+    // descriptor stays open exactly as long as it is registered.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }

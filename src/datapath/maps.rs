@@ -33,6 +33,8 @@ impl EndpointKey {
 pub const ENDPOINT_F_HOST: u16 = 1;
 pub const ENDPOINT_F_INGRESS_ENFORCED: u16 = 2;
 pub const ENDPOINT_F_EGRESS_ENFORCED: u16 = 4;
+pub const ENDPOINT_F_INGRESS_DENIES: u16 = 8;
+pub const ENDPOINT_F_EGRESS_DENIES: u16 = 16;
 
 /// Value of `cilium_lxc`.
 #[repr(C)]
@@ -109,7 +111,12 @@ impl IpcacheKey {
         ip[0] = u32::from_ne_bytes(net.network().octets());
         (
             IPCACHE_STATIC_PREFIX + net.prefix_len() as u32,
-            Self { pad1: 0, cluster_id: 0, family: 4, ip },
+            Self {
+                pad1: 0,
+                cluster_id: 0,
+                family: 4,
+                ip,
+            },
         )
     }
     pub fn to_net(&self, prefixlen: u32) -> Option<ipnet::IpNet> {

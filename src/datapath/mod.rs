@@ -3,6 +3,7 @@ pub mod link;
 pub mod loader;
 pub mod maps;
 pub mod netns;
+pub mod policymap;
 
 use sha2::{Digest, Sha256};
 

@@ -1,0 +1,361 @@
+//! Regeneration: store objects + endpoints -> identities, ipcache and per-endpoint
+//! policy, applied to the maps as a diff against what they hold (only changed
+//! entries are written; allows go in before enforcement turns on, stale entries
+//! go last).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use ipnet::{IpNet, Ipv4Net};
+use tracing::{debug, info, warn};
+
+use super::{
+    identity::LOCAL_IDENTITY_FLAG, models::Endpoint, store::Snapshot, AgentError, AgentState,
+};
+use crate::{
+    datapath::{
+        maps::{
+            EndpointInfo, EndpointKey, PolicyKeyData, ENDPOINT_F_EGRESS_DENIES,
+            ENDPOINT_F_EGRESS_ENFORCED, ENDPOINT_F_INGRESS_DENIES, ENDPOINT_F_INGRESS_ENFORCED,
+        },
+        policymap::lpm_keys,
+    },
+    policy::{
+        labels::{reserved, IdentityInfo, IdentityKind, Labels},
+        resolve::{referenced_cidrs, resolve, EndpointPolicy, EndpointView, ResolveContext},
+        rule::{Protocol, Rule},
+    },
+};
+
+/// The policy-related state the agent keeps between regenerations.
+#[derive(Default)]
+pub struct PolicyState {
+    pub generation: Option<u64>,
+    pub rules: Vec<Rule>,
+    pub policy_names: Vec<String>,
+    pub cidr_ids: BTreeMap<IpNet, u32>,
+    pub ipcache: BTreeMap<Ipv4Net, u32>,
+    pub entries: BTreeMap<(u32, PolicyKeyData), bool>,
+    pub per_endpoint: BTreeMap<u16, EndpointPolicy>,
+    pub identities: Vec<IdentityInfo>,
+    pub regenerations: u64,
+}
+
+/// Reserved identities with their names, as Cilium numbers them.
+pub fn reserved_identities() -> Vec<IdentityInfo> {
+    [
+        (reserved::HOST, "host"),
+        (reserved::WORLD, "world"),
+        (reserved::UNMANAGED, "unmanaged"),
+        (reserved::HEALTH, "health"),
+        (reserved::INIT, "init"),
+        (reserved::REMOTE_NODE, "remote-node"),
+        (reserved::KUBE_APISERVER, "kube-apiserver"),
+        (reserved::INGRESS, "ingress"),
+        (reserved::WORLD_IPV4, "world-ipv4"),
+        (reserved::WORLD_IPV6, "world-ipv6"),
+    ]
+    .into_iter()
+    .map(|(id, name)| IdentityInfo {
+        id,
+        labels: Labels::reserved(name),
+        kind: IdentityKind::Reserved(name),
+    })
+    .collect()
+}
+
+fn parse_named_port(spec: &str) -> Option<(Protocol, u16)> {
+    let (proto, port) = spec.split_once('/').unwrap_or(("TCP", spec));
+    let proto = match proto.to_ascii_uppercase().as_str() {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        "SCTP" => Protocol::Sctp,
+        _ => return None,
+    };
+    Some((proto, port.parse().ok()?))
+}
+
+impl AgentState {
+    /// Security labels of an endpoint from the store's pod and namespace objects.
+    fn endpoint_labels(&self, ep: &Endpoint, snap: &Snapshot) -> Labels {
+        let ns = ep.k8s_namespace.clone().unwrap_or_else(|| "default".into());
+        let pod = ep.k8s_pod_name.as_ref().and_then(|name| {
+            snap.pods
+                .iter()
+                .find(|p| &p.name == name && p.namespace == ns)
+        });
+        let empty = BTreeMap::new();
+        let ns_labels = snap.namespaces.get(&ns).unwrap_or(&empty);
+        Labels::for_pod(
+            &ns,
+            pod.map(|p| &p.labels).unwrap_or(&empty),
+            ns_labels,
+            pod.and_then(|p| p.service_account.as_deref()),
+            "default",
+        )
+    }
+
+    /// Recomputes identities, ipcache and policy from the store and the endpoints,
+    /// and applies the difference to the maps.
+    pub async fn regenerate(&mut self) -> Result<(), AgentError> {
+        let snap = match &self.store {
+            Some(store) => store.snapshot()?,
+            None => Snapshot::default(),
+        };
+        let rules: Vec<Rule> = snap
+            .policies
+            .iter()
+            .flat_map(|p| p.rules.iter().cloned())
+            .collect();
+        let node = self.config.node_name.clone();
+
+        // 1. Endpoint identities.
+        let eps: Vec<Endpoint> = self.endpoints.list().cloned().collect();
+        let mut released: Vec<Labels> = Vec::new();
+        let mut updated = Vec::new();
+        let mut rewrite: BTreeSet<u16> = BTreeSet::new();
+        for ep in &eps {
+            let labels = self.endpoint_labels(ep, &snap);
+            let old = Labels(ep.labels.clone());
+            let id = self.allocator.allocate(&labels, &node)?;
+            if ep.identity != id || old != labels {
+                if !old.0.is_empty() && old != labels {
+                    released.push(old);
+                }
+                rewrite.insert(ep.id);
+                let mut e = ep.clone();
+                e.identity = id;
+                e.labels = labels.0.clone();
+                updated.push(e);
+            }
+        }
+
+        // 2. CIDR identities (node-local) for every prefix policy refers to.
+        let cidrs = referenced_cidrs(&rules);
+        self.policy.cidr_ids.retain(|c, _| cidrs.contains(c));
+        for c in &cidrs {
+            if !self.policy.cidr_ids.contains_key(c) {
+                let used: BTreeSet<u32> = self.policy.cidr_ids.values().copied().collect();
+                let id = (LOCAL_IDENTITY_FLAG..)
+                    .find(|i| !used.contains(i))
+                    .unwrap_or(LOCAL_IDENTITY_FLAG);
+                self.policy.cidr_ids.insert(*c, id);
+            }
+        }
+        let mut identities = reserved_identities();
+        for (id, labels) in self.allocator.list()? {
+            identities.push(IdentityInfo {
+                id,
+                labels,
+                kind: IdentityKind::Endpoint,
+            });
+        }
+        for (c, id) in &self.policy.cidr_ids {
+            identities.push(IdentityInfo {
+                id: *id,
+                labels: Labels(BTreeMap::from([(format!("cidr:{c}"), String::new())])),
+                kind: IdentityKind::Cidr(*c),
+            });
+        }
+        for e in updated {
+            self.endpoints.put(e)?;
+        }
+        let eps: Vec<Endpoint> = self.endpoints.list().cloned().collect();
+
+        // 3. Desired ipcache.
+        let mut want_ipcache: BTreeMap<Ipv4Net, u32> = BTreeMap::new();
+        want_ipcache.insert(Ipv4Net::default(), reserved::WORLD);
+        for (c, id) in &self.policy.cidr_ids {
+            if let IpNet::V4(n) = c {
+                want_ipcache.insert(*n, *id);
+            }
+        }
+        want_ipcache.insert(host_net(self.router_v4()), reserved::HOST);
+        for ep in &eps {
+            want_ipcache.insert(host_net(ep.ipv4), ep.identity);
+        }
+
+        // 4. Desired policy per endpoint.
+        let mut cluster_ports: BTreeMap<String, BTreeSet<(Protocol, u16)>> = BTreeMap::new();
+        for p in &snap.pods {
+            for (name, spec) in &p.named_ports {
+                if let Some(pp) = parse_named_port(spec) {
+                    cluster_ports.entry(name.clone()).or_default().insert(pp);
+                }
+            }
+        }
+        let ctx = ResolveContext {
+            identities: &identities,
+            cluster_named_ports: &cluster_ports,
+            enforcement: self.config.enable_policy.into(),
+        };
+        let mut want_entries: BTreeMap<(u32, PolicyKeyData), bool> = BTreeMap::new();
+        let mut per_endpoint = BTreeMap::new();
+        for ep in &eps {
+            let ns = ep.k8s_namespace.clone().unwrap_or_else(|| "default".into());
+            let pod = ep.k8s_pod_name.as_ref().and_then(|name| {
+                snap.pods
+                    .iter()
+                    .find(|p| &p.name == name && p.namespace == ns)
+            });
+            let named: BTreeMap<String, (Protocol, u16)> = pod
+                .map(|p| {
+                    p.named_ports
+                        .iter()
+                        .filter_map(|(n, s)| parse_named_port(s).map(|pp| (n.clone(), pp)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let labels = Labels(ep.labels.clone());
+            let view = EndpointView {
+                id: ep.id,
+                identity: ep.identity,
+                labels: &labels,
+                namespace: &ns,
+                named_ports: &named,
+            };
+            let pol = resolve(&rules, &view, &ctx);
+            for (k, v) in &pol.entries {
+                for (len, data) in
+                    lpm_keys(ep.id, k.identity, k.egress, k.proto, k.port_lo, k.port_hi)
+                {
+                    let deny = want_entries.entry((len, data)).or_insert(v.deny);
+                    *deny |= v.deny;
+                }
+            }
+            per_endpoint.insert(ep.id, pol);
+        }
+
+        // 5. Apply: ipcache, new/changed policy entries, endpoint flags, then removals.
+        let mut writes = 0usize;
+        for (net, id) in &want_ipcache {
+            if self.policy.ipcache.get(net) != Some(id) {
+                self.datapath.ipcache_upsert(*net, *id)?;
+                writes += 1;
+            }
+        }
+        for (key, deny) in &want_entries {
+            if self.policy.entries.get(key) != Some(deny) {
+                self.datapath.policy_insert(key.0, key.1, *deny)?;
+                writes += 1;
+            }
+        }
+        let old_flags: BTreeMap<u16, Option<u16>> = eps
+            .iter()
+            .map(|e| {
+                (
+                    e.id,
+                    self.policy
+                        .per_endpoint
+                        .get(&e.id)
+                        .map(|_| self.endpoint_flags(e)),
+                )
+            })
+            .collect();
+        self.policy.per_endpoint = per_endpoint;
+        for ep in &eps {
+            let pol = self.policy.per_endpoint.get(&ep.id);
+            let mut e = ep.clone();
+            e.ingress_enforced = pol.is_some_and(|p| p.ingress_enforced);
+            e.egress_enforced = pol.is_some_and(|p| p.egress_enforced);
+            let flags = self.endpoint_flags(&e);
+            if old_flags.get(&ep.id).copied().flatten() != Some(flags) || rewrite.contains(&ep.id) {
+                self.write_endpoint_map(&e)?;
+                writes += 1;
+            }
+            if &e != ep {
+                self.endpoints.put(e)?;
+            }
+        }
+        for key in self.policy.entries.keys() {
+            if !want_entries.contains_key(key) {
+                self.datapath.policy_remove(key.0, key.1)?;
+                writes += 1;
+            }
+        }
+        for net in self.policy.ipcache.keys() {
+            if !want_ipcache.contains_key(net) {
+                self.datapath.ipcache_remove(*net)?;
+                writes += 1;
+            }
+        }
+        for l in released {
+            if let Err(e) = self.allocator.release(&l, &node) {
+                warn!(error = %e, "releasing an identity");
+            }
+        }
+        self.policy.ipcache = want_ipcache;
+        self.policy.entries = want_entries;
+        self.policy.identities = identities;
+        self.policy.policy_names = snap
+            .policies
+            .iter()
+            .map(|p| match &p.namespace {
+                Some(ns) => format!("{}/{}/{}", p.kind, ns, p.name),
+                None => format!("{}/{}", p.kind, p.name),
+            })
+            .collect();
+        self.policy.rules = rules;
+        self.policy.generation = Some(snap.generation);
+        self.policy.regenerations += 1;
+        if writes > 0 {
+            info!(writes, generation = snap.generation, "datapath regenerated");
+        } else {
+            debug!(generation = snap.generation, "regeneration: no change");
+        }
+        Ok(())
+    }
+
+    /// The datapath flags of an endpoint: enforcement per direction, and whether deny
+    /// entries exist in a direction that is not enforced.
+    fn endpoint_flags(&self, ep: &Endpoint) -> u16 {
+        let mut flags = 0;
+        if ep.ingress_enforced {
+            flags |= ENDPOINT_F_INGRESS_ENFORCED;
+        }
+        if ep.egress_enforced {
+            flags |= ENDPOINT_F_EGRESS_ENFORCED;
+        }
+        if let Some(p) = self.policy.per_endpoint.get(&ep.id) {
+            for (k, v) in &p.entries {
+                if v.deny {
+                    flags |= if k.egress {
+                        ENDPOINT_F_EGRESS_DENIES
+                    } else {
+                        ENDPOINT_F_INGRESS_DENIES
+                    };
+                }
+            }
+        }
+        flags
+    }
+
+    /// Writes one endpoint's cilium_lxc entry (identity, enforcement flags).
+    pub fn write_endpoint_map(&mut self, ep: &Endpoint) -> Result<(), AgentError> {
+        let mac = crate::datapath::link::parse_mac(&ep.pod_mac).ok_or_else(|| {
+            AgentError::BadRequest(format!("pod_mac {:?} is not a MAC address", ep.pod_mac))
+        })?;
+        let node_mac = crate::datapath::link::parse_mac(&ep.host_mac).ok_or_else(|| {
+            AgentError::BadRequest(format!("host MAC {:?} is not a MAC address", ep.host_mac))
+        })?;
+        let flags = self.endpoint_flags(ep);
+        self.datapath.upsert_endpoint(
+            EndpointKey::new(ep.ipv4),
+            EndpointInfo {
+                ifindex: ep.host_ifindex,
+                lxc_id: ep.id,
+                flags,
+                sec_id: ep.identity,
+                mac,
+                node_mac,
+                pad: 0,
+            },
+        )?;
+        Ok(())
+    }
+}
+
+fn host_net(ip: Ipv4Addr) -> Ipv4Net {
+    Ipv4Net::new(ip, 32).unwrap_or_default()
+}

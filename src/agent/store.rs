@@ -1,0 +1,302 @@
+//! The local store: Kubernetes-shaped objects (pods' labels, namespaces, network
+//! policies) kept as files in a directory. `cilium local` writes it; every agent of
+//! the local cluster reads it and reacts when its generation changes.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::parse::{parse_stream, PolicyError, PolicyObject};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// A pod as the local store keeps it: what policy needs to know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodObject {
+    pub name: String,
+    pub namespace: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// Named container ports: name -> "TCP/8080".
+    #[serde(default)]
+    pub named_ports: BTreeMap<String, String>,
+}
+
+/// Everything in the store at one generation.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub pods: Vec<PodObject>,
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub policies: Vec<PolicyObject>,
+}
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+const POLICY_KINDS: [&str; 3] = [
+    "NetworkPolicy",
+    "CiliumNetworkPolicy",
+    "CiliumClusterwideNetworkPolicy",
+];
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One object of an applied stream, with the file it is stored in.
+struct Doc {
+    kind: String,
+    id: String,
+    file: PathBuf,
+    value: serde_yaml::Value,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        for sub in ["pods", "namespaces", "policies"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(io(&p))?;
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Changes whenever anything in the store changes.
+    pub fn generation(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join("generation"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn bump(&self) -> Result<(), StoreError> {
+        let path = self.dir.join("generation");
+        let tmp = self.dir.join(".generation.tmp");
+        std::fs::write(&tmp, (self.generation() + 1).to_string()).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    }
+
+    fn pod_path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.dir
+            .join("pods")
+            .join(format!("{namespace}_{name}.json"))
+    }
+
+    pub fn put_pod(&self, pod: &PodObject) -> Result<(), StoreError> {
+        let bytes =
+            serde_json::to_vec_pretty(pod).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Self::write_atomic(&self.pod_path(&pod.namespace, &pod.name), &bytes)?;
+        self.bump()
+    }
+
+    pub fn get_pod(&self, namespace: &str, name: &str) -> Result<PodObject, StoreError> {
+        let p = self.pod_path(namespace, name);
+        let b = std::fs::read(&p)
+            .map_err(|_| StoreError::NotFound(format!("pod {namespace}/{name} not found")))?;
+        serde_json::from_slice(&b).map_err(|e| StoreError::Invalid(format!("{}: {e}", p.display())))
+    }
+
+    pub fn delete_pod(&self, namespace: &str, name: &str) -> Result<(), StoreError> {
+        let _ = std::fs::remove_file(self.pod_path(namespace, name));
+        self.bump()
+    }
+
+    /// Splits and validates a YAML stream; nothing is written when any document is invalid.
+    fn docs(&self, yaml: &str) -> Result<Vec<Doc>, StoreError> {
+        let parsed = parse_stream(yaml)?;
+        let mut docs = Vec::new();
+        let mut values = Vec::new();
+        for de in serde_yaml::Deserializer::from_str(yaml) {
+            let v = serde_yaml::Value::deserialize(de)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            if v.is_null() {
+                continue;
+            }
+            if v.get("kind").and_then(|k| k.as_str()) == Some("List") {
+                if let Some(items) = v.get("items").and_then(|i| i.as_sequence()) {
+                    values.extend(items.iter().cloned());
+                }
+                continue;
+            }
+            values.push(v);
+        }
+        for v in values {
+            let kind = v
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let meta = v.get("metadata");
+            let name = meta
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let ns = meta
+                .and_then(|m| m.get("namespace"))
+                .and_then(|n| n.as_str())
+                .unwrap_or("default")
+                .to_string();
+            let (id, file) = if POLICY_KINDS.contains(&kind.as_str()) {
+                let ns_part = if kind == "CiliumClusterwideNetworkPolicy" {
+                    "_"
+                } else {
+                    ns.as_str()
+                };
+                (
+                    format!(
+                        "{kind}/{}{name}",
+                        if ns_part == "_" {
+                            String::new()
+                        } else {
+                            format!("{ns}/")
+                        }
+                    ),
+                    self.dir
+                        .join("policies")
+                        .join(format!("{kind}_{ns_part}_{name}.yaml")),
+                )
+            } else if kind == "Namespace" {
+                (
+                    format!("Namespace/{name}"),
+                    self.dir.join("namespaces").join(format!("{name}.yaml")),
+                )
+            } else {
+                return Err(StoreError::Invalid(format!(
+                    "kind {kind:?} ({name}) is not supported by the local store yet: use NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or Namespace"
+                )));
+            };
+            if name.is_empty() {
+                return Err(StoreError::Invalid(format!(
+                    "a {kind} without metadata.name: give it a name"
+                )));
+            }
+            docs.push(Doc {
+                kind,
+                id,
+                file,
+                value: v,
+            });
+        }
+        debug_assert!(parsed.policies.len() <= docs.len());
+        Ok(docs)
+    }
+
+    /// Adds or replaces every object of a YAML stream, all or nothing.
+    pub fn apply(&self, yaml: &str) -> Result<Vec<String>, StoreError> {
+        let docs = self.docs(yaml)?;
+        let mut staged = Vec::new();
+        for d in &docs {
+            let text =
+                serde_yaml::to_string(&d.value).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let tmp = d.file.with_extension("staged");
+            std::fs::write(&tmp, text).map_err(io(&tmp))?;
+            staged.push((tmp, d.file.clone()));
+        }
+        for (tmp, file) in &staged {
+            std::fs::rename(tmp, file).map_err(io(file))?;
+        }
+        self.bump()?;
+        Ok(docs
+            .into_iter()
+            .map(|d| format!("{} configured", d.id))
+            .collect())
+    }
+
+    /// Removes every object of a YAML stream; all must exist, or nothing is removed.
+    pub fn delete(&self, yaml: &str) -> Result<Vec<String>, StoreError> {
+        let docs = self.docs(yaml)?;
+        if let Some(missing) = docs.iter().find(|d| !d.file.exists()) {
+            return Err(StoreError::NotFound(format!(
+                "{} not found; nothing was deleted",
+                missing.id
+            )));
+        }
+        for d in &docs {
+            std::fs::remove_file(&d.file).map_err(io(&d.file))?;
+        }
+        self.bump()?;
+        Ok(docs
+            .into_iter()
+            .map(|d| format!("{} deleted ({})", d.id, d.kind))
+            .collect())
+    }
+
+    /// Reads everything. Stored policies were validated when applied.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let generation = self.generation();
+        let mut snap = Snapshot {
+            generation,
+            ..Default::default()
+        };
+        for path in sorted_files(&self.dir.join("pods"), "json")? {
+            let b = std::fs::read(&path).map_err(io(&path))?;
+            snap.pods.push(
+                serde_json::from_slice(&b)
+                    .map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display())))?,
+            );
+        }
+        for path in sorted_files(&self.dir.join("namespaces"), "yaml")? {
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let v: serde_yaml::Value = serde_yaml::from_str(&text)
+                .map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display())))?;
+            let name = v["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let labels: BTreeMap<String, String> =
+                serde_yaml::from_value(v["metadata"]["labels"].clone()).unwrap_or_default();
+            snap.namespaces.insert(name, labels);
+        }
+        for path in sorted_files(&self.dir.join("policies"), "yaml")? {
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            snap.policies.extend(parse_stream(&text)?.policies);
+        }
+        Ok(snap)
+    }
+}
+
+fn sorted_files(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, StoreError> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    Ok(v)
+}

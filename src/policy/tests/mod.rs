@@ -1,0 +1,7 @@
+//! Tests of the policy layer.
+
+mod golden;
+mod labels;
+mod parse_errors;
+mod resolve;
+mod selector;

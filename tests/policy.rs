@@ -1,0 +1,470 @@
+//! Privileged: identity-based policy on a local cluster with real traffic: allow by
+//! label, default deny, L4 ports, ICMP, egress CIDR to the "outside" namespace,
+//! deny over allow, replies through conntrack, live label changes, drop events,
+//! and enforcement while the agent is down.
+mod common;
+
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+fn listen(ns: &std::path::Path, port: u16) -> TcpListener {
+    in_ns(ns, || {
+        TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).expect("bind")
+    })
+}
+
+/// Connects from a pod; Ok(true) connected, Ok(false) timed out (dropped), Err other.
+fn tcp(c: &LocalCluster, from: &str, ip: &str, port: u16) -> bool {
+    let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    in_ns(&c.pod_netns(from), || {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(700)) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => false,
+            Err(e) => {
+                panic!("connect {from} -> {addr}: unexpected {e} (refused means no drop happened)")
+            }
+        }
+    })
+}
+
+fn apply(c: &LocalCluster, yaml: &str) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(["local", "apply", "--cluster", &c.name, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn apply_ok(c: &LocalCluster, yaml: &str) {
+    let out = apply(c, yaml);
+    assert!(
+        out.status.success(),
+        "apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    settle(c);
+}
+
+fn delete_ok(c: &LocalCluster, yaml: &str) {
+    let mut child = Command::new(BIN)
+        .args(["local", "delete", "--cluster", &c.name, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "delete failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    settle(c);
+}
+
+/// Waits until the agent has applied the store's current revision.
+fn settle(c: &LocalCluster) {
+    let want: u64 = std::fs::read_to_string(c.dir().join("store/generation"))
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if c.json(&["status"])["policy_revision"].as_u64() == Some(want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("agent did not reach policy revision {want}");
+}
+
+fn endpoint(c: &LocalCluster, pod: &str) -> serde_json::Value {
+    c.json(&["endpoint", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["k8s_pod_name"] == pod)
+        .cloned()
+        .unwrap_or_else(|| panic!("no endpoint for {pod}"))
+}
+
+fn run_pod(c: &LocalCluster, name: &str, labels: &str) -> String {
+    let out = ok(&[
+        "local",
+        "run",
+        "--cluster",
+        &c.name,
+        "--name",
+        name,
+        "--labels",
+        labels,
+        "-d",
+        "--",
+        "sleep",
+        "infinity",
+    ]);
+    out.trim().rsplit(' ').next().unwrap().to_string()
+}
+
+const ALLOW_CLIENT_8080: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: web-from-client
+spec:
+  endpointSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: "8080"
+        protocol: TCP
+"#;
+
+#[test]
+fn allow_by_label_default_deny_l4_and_removal() {
+    if !privileged() {
+        return;
+    }
+    let c = LocalCluster::up("t-pol-l4", "10.214.0.0/24");
+    let web = run_pod(&c, "web", "app=web");
+    let client = run_pod(&c, "client", "app=client");
+    run_pod(&c, "other", "app=other");
+    let _l1 = listen(&c.pod_netns("web"), 8080);
+    let _l2 = listen(&c.pod_netns("web"), 9090);
+    let _l3 = listen(&c.pod_netns("client"), 7000);
+    assert!(tcp(&c, "other", &web, 8080), "no policy: everything passes");
+
+    // A drop watcher, started before the policy.
+    let monitor = Command::new(BIN)
+        .args([
+            "-H",
+            &c.socket(),
+            "monitor",
+            "--type",
+            "drop",
+            "-n",
+            "1",
+            "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    apply_ok(&c, ALLOW_CLIENT_8080);
+    let web_ep = endpoint(&c, "web");
+    assert_eq!(web_ep["ingress_enforced"], true, "{web_ep}");
+    assert_eq!(web_ep["egress_enforced"], false);
+    assert!(tcp(&c, "client", &web, 8080), "allowed by label and port");
+    assert!(!tcp(&c, "other", &web, 8080), "other label: default deny");
+    assert!(!tcp(&c, "client", &web, 9090), "other port: denied");
+    assert!(
+        !c.ping("client", &web),
+        "ICMP is not allowed by an L4 TCP rule"
+    );
+    assert!(
+        tcp(&c, "web", &client, 7000),
+        "web's egress is not enforced"
+    );
+
+    // The drop was reported with its reason and identities.
+    let out = monitor.wait_with_output().unwrap();
+    let ev: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("monitor printed a drop event");
+    assert_eq!(ev["reason_name"], "Policy denied", "{ev}");
+    assert_eq!(ev["dst_identity"], web_ep["identity"], "{ev}");
+    assert!(c.metric(133, "INGRESS") >= 2, "drops counted by reason");
+
+    // Map entries with counters, and identities.
+    let id = web_ep["id"].as_u64().unwrap().to_string();
+    let entries = ok(&[
+        "bpf",
+        "policy",
+        "get",
+        &id,
+        "--bpf-root",
+        &c.bpf_root(),
+        "-o",
+        "json",
+    ]);
+    let entries: serde_json::Value = serde_json::from_str(&entries).unwrap();
+    let client_id = endpoint(&c, "client")["identity"].clone();
+    let allow = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["identity"] == client_id && e["port_range"] == "8080")
+        .unwrap_or_else(|| panic!("allow entry for the client identity: {entries}"));
+    assert_eq!(allow["policy"], "Allow");
+    assert!(allow["packets"].as_u64().unwrap() > 0, "{allow}");
+    let ids = c.json(&["identity", "list"]);
+    assert!(ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["id"] == 1 && i["labels"][0] == "reserved:host"));
+    let ipcache = ok(&["bpf", "ipcache", "list", "--bpf-root", &c.bpf_root()]);
+    assert!(ipcache.contains(&format!("{web}/32")), "{ipcache}");
+
+    // Removing the policy restores traffic.
+    delete_ok(&c, ALLOW_CLIENT_8080);
+    assert_eq!(endpoint(&c, "web")["ingress_enforced"], false);
+    assert!(tcp(&c, "other", &web, 8080), "policy removed: passes again");
+    assert!(tcp(&c, "client", &web, 9090));
+}
+
+#[test]
+fn icmp_rule_replies_pass_and_deny_beats_allow() {
+    if !privileged() {
+        return;
+    }
+    let c = LocalCluster::up("t-pol-icmp", "10.215.0.0/24");
+    let web = run_pod(&c, "web", "app=web");
+    let client = run_pod(&c, "client", "app=client");
+    let _l = listen(&c.pod_netns("web"), 8080);
+    let _l2 = listen(&c.pod_netns("client"), 7000);
+    apply_ok(
+        &c,
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    icmps:
+    - fields: [{type: 8, family: IPv4}]
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  egress:
+  - toEndpoints: [{matchLabels: {app: nobody}}]
+"#,
+    );
+    assert!(
+        c.ping("client", &web),
+        "ICMP echo allowed by the icmps rule (the reply passes too)"
+    );
+    assert!(
+        tcp(&c, "client", &web, 8080),
+        "web's egress is default deny, but replies pass through conntrack"
+    );
+    assert!(
+        !tcp(&c, "web", &client, 7000),
+        "web's new egress connections are denied"
+    );
+
+    // An ingressDeny beats the allow.
+    apply_ok(
+        &c,
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-client}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"#,
+    );
+    assert!(!tcp(&c, "client", &web, 8080), "deny wins over allow");
+    assert!(c.ping("client", &web), "the deny is only for TCP/8080");
+    assert!(
+        c.metric(181, "INGRESS") >= 1,
+        "counted as 'Policy denied by denylist'"
+    );
+}
+
+#[test]
+fn egress_cidr_to_outside_and_kubernetes_network_policy() {
+    if !privileged() {
+        return;
+    }
+    let c = LocalCluster::up("t-pol-cidr", "10.216.0.0/24");
+    run_pod(&c, "client", "app=client");
+    let outside = std::path::PathBuf::from(format!("/var/run/netns/cilium-{}-outside", c.name));
+    let _l = listen(&outside, 80);
+    assert!(
+        tcp(&c, "client", "203.0.113.2", 80),
+        "the outside is reachable without policy"
+    );
+    assert!(tcp(&c, "client", "198.51.100.2", 80));
+
+    apply_ok(
+        &c,
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-doc-net}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toCIDR: [203.0.113.0/24]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#,
+    );
+    assert!(tcp(&c, "client", "203.0.113.2", 80), "allowed CIDR");
+    assert!(!tcp(&c, "client", "198.51.100.2", 80), "other CIDR: denied");
+    delete_ok(
+        &c,
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: to-doc-net}\n",
+    );
+
+    // Kubernetes NetworkPolicy: egress to everything except 198.51.100.0/24.
+    apply_ok(
+        &c,
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: no-198, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - ipBlock: {cidr: 0.0.0.0/0, except: [198.51.100.0/24]}
+"#,
+    );
+    assert!(
+        tcp(&c, "client", "203.0.113.2", 80),
+        "ipBlock allows the rest of the world"
+    );
+    assert!(
+        !tcp(&c, "client", "198.51.100.2", 80),
+        "ipBlock except is denied"
+    );
+}
+
+#[test]
+fn label_change_flips_verdict_within_a_second_and_bad_policy_changes_nothing() {
+    if !privileged() {
+        return;
+    }
+    let c = LocalCluster::up("t-pol-label", "10.217.0.0/24");
+    let web = run_pod(&c, "web", "app=web");
+    run_pod(&c, "other", "app=other");
+    let _l = listen(&c.pod_netns("web"), 8080);
+    apply_ok(&c, ALLOW_CLIENT_8080);
+    assert!(!tcp(&c, "other", &web, 8080));
+
+    let start = Instant::now();
+    ok(&[
+        "local",
+        "label",
+        "--cluster",
+        &c.name,
+        "other",
+        "app=client",
+    ]);
+    let mut flipped = None;
+    while start.elapsed() < Duration::from_secs(3) {
+        if tcp(&c, "other", &web, 8080) {
+            flipped = Some(start.elapsed());
+            break;
+        }
+    }
+    let took = flipped.expect("relabelled pod is allowed");
+    assert!(took < Duration::from_secs(1), "verdict flipped in {took:?}");
+
+    // A stream whose second document is invalid is rejected whole; enforcement stays.
+    let rev = c.json(&["status"])["policy_revision"].clone();
+    let out = apply(
+        &c,
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fine}
+spec:
+  endpointSelector: {matchLabels: {app: x}}
+  ingress: [{}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: broken}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints:
+    - matchLabel: {app: other}
+"#,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("matchLabel") && err.contains("line"),
+        "error names the field and line: {err}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        c.json(&["status"])["policy_revision"],
+        rev,
+        "nothing was applied"
+    );
+    let policies = c.json(&["policy", "get"]);
+    assert_eq!(
+        policies["policies"].as_array().unwrap().len(),
+        1,
+        "{policies}"
+    );
+    ok(&["local", "label", "--cluster", &c.name, "other", "app=other"]);
+    settle(&c);
+    assert!(
+        !tcp(&c, "other", &web, 8080),
+        "the previous policy keeps enforcing"
+    );
+}
+
+#[test]
+fn enforcement_continues_while_the_agent_is_down() {
+    if !privileged() {
+        return;
+    }
+    let c = LocalCluster::up("t-pol-restart", "10.218.0.0/24");
+    let web = run_pod(&c, "web", "app=web");
+    run_pod(&c, "client", "app=client");
+    run_pod(&c, "other", "app=other");
+    let _l = listen(&c.pod_netns("web"), 8080);
+    apply_ok(&c, ALLOW_CLIENT_8080);
+    ok(&["local", "restart-agent", "--cluster", &c.name, "--stop"]);
+    assert!(
+        tcp(&c, "client", &web, 8080),
+        "agent down: allowed traffic flows"
+    );
+    assert!(
+        !tcp(&c, "other", &web, 8080),
+        "agent down: denied traffic stays denied"
+    );
+    ok(&["local", "restart-agent", "--cluster", &c.name]);
+    assert!(tcp(&c, "client", &web, 8080));
+    assert!(!tcp(&c, "other", &web, 8080));
+    assert_eq!(endpoint(&c, "web")["ingress_enforced"], true);
+}
