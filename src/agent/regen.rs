@@ -40,6 +40,8 @@ pub struct PolicyState {
     pub per_endpoint: BTreeMap<u16, EndpointPolicy>,
     pub identities: Vec<IdentityInfo>,
     pub regenerations: u64,
+    /// Identities this node holds a reference on, by labels.
+    pub label_ids: BTreeMap<Labels, u32>,
 }
 
 /// Reserved identities with their names, as Cilium numbers them.
@@ -112,17 +114,23 @@ impl AgentState {
 
         // 1. Endpoint identities.
         let eps: Vec<Endpoint> = self.endpoints.list().cloned().collect();
-        let mut released: Vec<Labels> = Vec::new();
         let mut updated = Vec::new();
         let mut rewrite: BTreeSet<u16> = BTreeSet::new();
+        let mut used: BTreeSet<Labels> = BTreeSet::new();
         for ep in &eps {
             let labels = self.endpoint_labels(ep, &snap);
             let old = Labels(ep.labels.clone());
-            let id = self.allocator.allocate(&labels, &node)?;
-            if ep.identity != id || old != labels {
-                if !old.0.is_empty() && old != labels {
-                    released.push(old);
+            // Identities this node holds a reference on cannot change number: cache them.
+            let id = match self.policy.label_ids.get(&labels) {
+                Some(id) => *id,
+                None => {
+                    let id = self.allocator.allocate(&labels, &node)?;
+                    self.policy.label_ids.insert(labels.clone(), id);
+                    id
                 }
+            };
+            used.insert(labels.clone());
+            if ep.identity != id || old != labels {
                 rewrite.insert(ep.id);
                 let mut e = ep.clone();
                 e.identity = id;
@@ -280,7 +288,16 @@ impl AgentState {
                 writes += 1;
             }
         }
-        for l in released {
+        // Release identities no local endpoint uses any more (and, on the first run,
+        // references left from before a restart).
+        if self.policy.generation.is_none() {
+            if let Err(e) = self.allocator.retain_user(&node, &used) {
+                warn!(error = %e, "reconciling identity references");
+            }
+        }
+        let unused: Vec<Labels> = self.policy.label_ids.keys().filter(|l| !used.contains(*l)).cloned().collect();
+        for l in unused {
+            self.policy.label_ids.remove(&l);
             if let Err(e) = self.allocator.release(&l, &node) {
                 warn!(error = %e, "releasing an identity");
             }
