@@ -338,7 +338,10 @@ spec:
     // An egressDeny for one address inside the allowed CIDR wins.
     let deny = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: deny-one}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egressDeny:\n  - toCIDR: [203.0.113.2/32]\n";
     apply_ok(&c, deny);
-    assert!(!tcp(&c, "client", "203.0.113.2", 80), "egress deny beats the CIDR allow");
+    assert!(
+        !tcp(&c, "client", "203.0.113.2", 80),
+        "egress deny beats the CIDR allow"
+    );
     assert!(c.metric(181, "EGRESS") >= 1);
     delete_ok(&c, deny);
     assert!(tcp(&c, "client", "203.0.113.2", 80));
@@ -486,19 +489,40 @@ fn identities_are_shared_by_labels_and_released_when_unused() {
     run_pod(&c, "a1", "app=shared");
     run_pod(&c, "a2", "app=shared");
     run_pod(&c, "b", "app=single");
-    let (a1, a2, b) = (endpoint(&c, "a1")["identity"].clone(), endpoint(&c, "a2")["identity"].clone(), endpoint(&c, "b")["identity"].clone());
+    let (a1, a2, b) = (
+        endpoint(&c, "a1")["identity"].clone(),
+        endpoint(&c, "a2")["identity"].clone(),
+        endpoint(&c, "b")["identity"].clone(),
+    );
     assert_eq!(a1, a2, "same labels, same identity");
     assert_ne!(a1, b);
-    assert!(a1.as_u64().unwrap() >= 256, "endpoint identities start at 256");
+    assert!(
+        a1.as_u64().unwrap() >= 256,
+        "endpoint identities start at 256"
+    );
     let ident = c.json(&["identity", "get", &b.to_string()]);
-    let labels: Vec<&str> = ident["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let labels: Vec<&str> = ident["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
     assert!(labels.contains(&"k8s:app=single"), "{labels:?}");
-    assert!(labels.contains(&"k8s:io.kubernetes.pod.namespace=default"), "{labels:?}");
+    assert!(
+        labels.contains(&"k8s:io.kubernetes.pod.namespace=default"),
+        "{labels:?}"
+    );
 
     ok(&["local", "rm", "--cluster", &c.name, "b"]);
     let ids = c.json(&["identity", "list"]);
-    assert!(!ids.as_array().unwrap().iter().any(|i| i["id"] == b), "identity released with its last pod: {ids}");
+    assert!(
+        !ids.as_array().unwrap().iter().any(|i| i["id"] == b),
+        "identity released with its last pod: {ids}"
+    );
     ok(&["local", "rm", "--cluster", &c.name, "a1"]);
     let ids = c.json(&["identity", "list"]);
-    assert!(ids.as_array().unwrap().iter().any(|i| i["id"] == a1), "still used by a2");
+    assert!(
+        ids.as_array().unwrap().iter().any(|i| i["id"] == a1),
+        "still used by a2"
+    );
 }

@@ -295,7 +295,13 @@ impl AgentState {
                 warn!(error = %e, "reconciling identity references");
             }
         }
-        let unused: Vec<Labels> = self.policy.label_ids.keys().filter(|l| !used.contains(*l)).cloned().collect();
+        let unused: Vec<Labels> = self
+            .policy
+            .label_ids
+            .keys()
+            .filter(|l| !used.contains(*l))
+            .cloned()
+            .collect();
         for l in unused {
             self.policy.label_ids.remove(&l);
             if let Err(e) = self.allocator.release(&l, &node) {
