@@ -173,6 +173,37 @@ async fn identity_get(
         })
 }
 
+async fn service_list(State(s): State<Shared>) -> ApiResult<Vec<ServiceModel>> {
+    let st = s.lock().await;
+    let Some(state) = st.lb.state.as_ref() else {
+        return Ok(Json(Vec::new()));
+    };
+    Ok(Json(
+        state
+            .services
+            .iter()
+            .map(|svc| ServiceModel {
+                id: svc.id,
+                frontend: svc.frontend.to_string(),
+                kind: svc.frontend.kind.to_string(),
+                service: format!("{}/{}", svc.service.0, svc.service.1),
+                backends: svc
+                    .backends
+                    .iter()
+                    .map(|b| (b, "active"))
+                    .chain(svc.terminating.iter().map(|b| (b, "terminating")))
+                    .filter_map(|(b, st)| {
+                        state.backends.get(b).map(|r| {
+                            format!("{} ({st})", crate::lb::state::BackendRef::maglev_key(r))
+                        })
+                    })
+                    .collect(),
+                affinity_timeout: svc.affinity_timeout,
+            })
+            .collect(),
+    ))
+}
+
 async fn policy_get(State(s): State<Shared>) -> ApiResult<PolicyModel> {
     let st = s.lock().await;
     Ok(Json(PolicyModel {
@@ -215,6 +246,7 @@ pub fn router(state: Shared, events: Events) -> Router {
         .route("/v1/identity", get(identity_list))
         .route("/v1/identity/{id}", get(identity_get))
         .route("/v1/policy", get(policy_get))
+        .route("/v1/service", get(service_list))
         .route("/v1/healthz", get(healthz))
         .route("/v1/ipam", post(ipam_allocate).delete(ipam_release))
         .route("/v1/endpoint", get(endpoint_list).put(endpoint_put))

@@ -198,6 +198,10 @@ impl Client {
             .await
     }
 
+    pub async fn services(&self) -> Result<Vec<ServiceModel>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/service", None).await
+    }
+
     pub async fn policy(&self) -> Result<PolicyModel, ClientError> {
         self.call::<(), _>(Method::GET, "/v1/policy", None).await
     }

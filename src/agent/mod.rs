@@ -8,6 +8,7 @@ pub mod identity;
 pub mod ipam;
 pub mod models;
 pub mod regen;
+pub mod services;
 pub mod store;
 
 use std::{
@@ -66,6 +67,10 @@ pub struct AgentConfig {
     /// (default: <state-dir>/identities).
     #[arg(long)]
     pub identity_dir: Option<PathBuf>,
+    /// cgroup v2 directory whose sockets get socket-level load balancing
+    /// (kube-proxy replacement); never the machine's root cgroup in tests.
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
     /// How often expired connection tracking entries are removed.
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     pub ct_gc_interval: u64,
@@ -122,6 +127,7 @@ pub struct AgentState {
     pub allocator: Box<dyn identity::IdentityAllocator>,
     pub store: Option<store::Store>,
     pub policy: regen::PolicyState,
+    pub lb: services::LbProgrammed,
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
@@ -156,8 +162,13 @@ impl AgentState {
             allocator,
             store,
             policy: Default::default(),
+            lb: Default::default(),
         };
         st.setup_host().await?;
+        if let Some(cg) = st.config.cgroup_root.clone() {
+            st.datapath.attach_cgroup(&cg)?;
+            info!(cgroup = %cg.display(), "socket load balancer attached");
+        }
         st.restore().await?;
         st.adopt_maps()?;
         st.regenerate().await?;
@@ -237,6 +248,7 @@ impl AgentState {
                 self.policy.ipcache.insert(n, id);
             }
         }
+        self.lb.maps = self.datapath.lb_entries()?;
         for (len, key, v) in self.datapath.policy_entries()? {
             self.policy.entries.insert(
                 (len, key),
@@ -457,7 +469,11 @@ impl AgentState {
             endpoints: self.endpoints.len(),
             ipam_used: self.ipam.v4.used(),
             bpf_root: self.config.bpf_root.display().to_string(),
-            kube_proxy_replacement: "False".into(),
+            kube_proxy_replacement: if self.config.cgroup_root.is_some() {
+                "True [socket LB: ClusterIP, ExternalIP, LoadBalancer; TCP and UDP; session affinity]".into()
+            } else {
+                "False".into()
+            },
             policy_revision: self.policy.generation.unwrap_or(0),
             policy_enforcement: format!("{:?}", self.config.enable_policy).to_lowercase(),
             uptime_seconds: self.started.elapsed().as_secs(),

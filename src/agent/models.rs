@@ -177,3 +177,15 @@ pub struct MonitorEvent {
     pub protocol: String,
     pub len: u32,
 }
+
+/// GET /v1/service: one frontend and its backends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceModel {
+    pub id: u16,
+    pub frontend: String,
+    pub kind: String,
+    pub service: String,
+    pub backends: Vec<String>,
+    #[serde(default)]
+    pub affinity_timeout: Option<u32>,
+}

@@ -139,6 +139,27 @@ impl AgentState {
             }
         }
 
+        // Release identities no local endpoint uses any more (and, on the first run,
+        // references left from before a restart).
+        if self.policy.generation.is_none() {
+            if let Err(e) = self.allocator.retain_user(&node, &used) {
+                warn!(error = %e, "reconciling identity references");
+            }
+        }
+        let unused: Vec<Labels> = self
+            .policy
+            .label_ids
+            .keys()
+            .filter(|l| !used.contains(*l))
+            .cloned()
+            .collect();
+        for l in unused {
+            self.policy.label_ids.remove(&l);
+            if let Err(e) = self.allocator.release(&l, &node) {
+                warn!(error = %e, "releasing an identity");
+            }
+        }
+
         // 2. CIDR identities (node-local) for every prefix policy refers to.
         let cidrs = referenced_cidrs(&rules);
         self.policy.cidr_ids.retain(|c, _| cidrs.contains(c));
@@ -236,7 +257,7 @@ impl AgentState {
         }
 
         // 5. Apply: ipcache, new/changed policy entries, endpoint flags, then removals.
-        let mut writes = 0usize;
+        let mut writes = self.regenerate_services(&snap)?;
         for (net, id) in &want_ipcache {
             if self.policy.ipcache.get(net) != Some(id) {
                 self.datapath.ipcache_upsert(*net, *id)?;
@@ -286,26 +307,6 @@ impl AgentState {
             if !want_ipcache.contains_key(net) {
                 self.datapath.ipcache_remove(*net)?;
                 writes += 1;
-            }
-        }
-        // Release identities no local endpoint uses any more (and, on the first run,
-        // references left from before a restart).
-        if self.policy.generation.is_none() {
-            if let Err(e) = self.allocator.retain_user(&node, &used) {
-                warn!(error = %e, "reconciling identity references");
-            }
-        }
-        let unused: Vec<Labels> = self
-            .policy
-            .label_ids
-            .keys()
-            .filter(|l| !used.contains(*l))
-            .cloned()
-            .collect();
-        for l in unused {
-            self.policy.label_ids.remove(&l);
-            if let Err(e) = self.allocator.release(&l, &node) {
-                warn!(error = %e, "releasing an identity");
             }
         }
         self.policy.ipcache = want_ipcache;

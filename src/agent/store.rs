@@ -20,6 +20,8 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Service(#[from] crate::lb::parse::LbError),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -47,6 +49,8 @@ pub struct Snapshot {
     pub pods: Vec<PodObject>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub policies: Vec<PolicyObject>,
+    pub services: Vec<crate::lb::model::Service>,
+    pub slices: Vec<crate::lb::model::EndpointSlice>,
 }
 
 pub struct Store {
@@ -76,7 +80,7 @@ struct Doc {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        for sub in ["pods", "namespaces", "policies"] {
+        for sub in ["pods", "namespaces", "policies", "services"] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(io(&p))?;
         }
@@ -138,6 +142,8 @@ impl Store {
     /// Splits and validates a YAML stream; nothing is written when any document is invalid.
     fn docs(&self, yaml: &str) -> Result<Vec<Doc>, StoreError> {
         let parsed = parse_stream(yaml)?;
+        // Services and EndpointSlices are validated by the load-balancing layer.
+        crate::lb::parse::parse_stream(yaml)?;
         let mut docs = Vec::new();
         let mut values = Vec::new();
         for de in serde_yaml::Deserializer::from_str(yaml) {
@@ -190,6 +196,13 @@ impl Store {
                         .join("policies")
                         .join(format!("{kind}_{ns_part}_{name}.yaml")),
                 )
+            } else if kind == "Service" || kind == "EndpointSlice" {
+                (
+                    format!("{kind}/{ns}/{name}"),
+                    self.dir
+                        .join("services")
+                        .join(format!("{kind}_{ns}_{name}.yaml")),
+                )
             } else if kind == "Namespace" {
                 (
                     format!("Namespace/{name}"),
@@ -197,7 +210,7 @@ impl Store {
                 )
             } else {
                 return Err(StoreError::Invalid(format!(
-                    "kind {kind:?} ({name}) is not supported by the local store yet: use NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or Namespace"
+                    "kind {kind:?} ({name}) is not supported by the local store yet: use NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, Service, EndpointSlice or Namespace"
                 )));
             };
             if name.is_empty() {
@@ -285,6 +298,12 @@ impl Store {
         for path in sorted_files(&self.dir.join("policies"), "yaml")? {
             let text = std::fs::read_to_string(&path).map_err(io(&path))?;
             snap.policies.extend(parse_stream(&text)?.policies);
+        }
+        for path in sorted_files(&self.dir.join("services"), "yaml")? {
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let parsed = crate::lb::parse::parse_stream(&text)?;
+            snap.services.extend(parsed.services);
+            snap.slices.extend(parsed.slices);
         }
         Ok(snap)
     }

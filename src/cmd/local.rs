@@ -38,6 +38,9 @@ pub struct NodeSpec {
     pub log: PathBuf,
     pub pod_cidr: ipnet::Ipv4Net,
     pub agent_pid: Option<u32>,
+    /// cgroup v2 directory of the node's pods (socket load balancing attaches here).
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -321,6 +324,7 @@ async fn up_inner(opts: &UpOptions, dir: &Path) -> Result<Cluster> {
         log: node_dir.join("agent.log"),
         pod_cidr: opts.pod_cidr,
         agent_pid: None,
+        cgroup: Some(create_cgroup(&opts.name)?),
     };
     let mut cluster = Cluster {
         name: opts.name.clone(),
@@ -366,6 +370,54 @@ fn node_store(node: &NodeSpec) -> PathBuf {
 
 fn node_identities(node: &NodeSpec) -> PathBuf {
     cluster_dir_of(node).join("identities")
+}
+
+/// The cluster's cgroup (under the cgroup v2 hierarchy, never its root).
+fn cgroup_dir(cluster: &str) -> Result<PathBuf> {
+    let root = netns::cgroup2_root()
+        .ok_or_else(|| anyhow!("no cgroup v2 hierarchy is mounted: socket load balancing needs one (mount -t cgroup2 none /sys/fs/cgroup/unified)"))?;
+    Ok(root.join(format!("cilium-{cluster}")))
+}
+
+fn create_cgroup(cluster: &str) -> Result<PathBuf> {
+    let dir = cgroup_dir(cluster)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Removes the cluster's cgroup once its processes are gone.
+fn remove_cgroup(cluster: &str) -> Option<String> {
+    let dir = cgroup_dir(cluster).ok()?;
+    if !dir.exists() {
+        return None;
+    }
+    let start = Instant::now();
+    while std::fs::remove_dir(&dir).is_err() && start.elapsed() < Duration::from_secs(5) {
+        // Kill stragglers (processes a user started in a pod with `local exec`).
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(format!("cgroup {}", dir.display()))
+}
+
+/// Opens a node's cgroup.procs, for moving a pod's process in.
+fn cgroup_procs(node: &NodeSpec) -> Result<Option<File>> {
+    match &node.cgroup {
+        Some(c) => Ok(Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(c.join("cgroup.procs"))
+                .with_context(|| format!("opening {}/cgroup.procs", c.display()))?,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// Addresses of the "outside" namespace that plays the internet (documentation ranges).
@@ -463,6 +515,11 @@ pub fn start_agent(node: &NodeSpec) -> Result<u32> {
         .arg(node_store(node))
         .arg("--identity-dir")
         .arg(node_identities(node))
+        .args(
+            node.cgroup
+                .iter()
+                .flat_map(|c| [std::ffi::OsStr::new("--cgroup-root"), c.as_os_str()]),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -551,6 +608,9 @@ pub async fn down(name: &str) -> Result<Vec<String>> {
                 removed.push(format!("agent of {} (pid {pid})", node.name));
             }
         }
+    }
+    if let Some(c) = remove_cgroup(name) {
+        removed.push(c);
     }
     // Pins: unpinning the links detaches the programs; then the maps.
     let bpf = Path::new(BPF_DIR).join(format!("cilium-local-{name}"));
@@ -719,9 +779,13 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     cluster.save_pod(&pod)?;
 
     let ns_file = File::open(&ns)?;
+    let procs = cgroup_procs(&node)?;
     let mut cmd = Command::new(&opts.command[0]);
     cmd.args(&opts.command[1..]);
     netns::enter_on_exec(&mut cmd, &ns_file);
+    if let Some(p) = &procs {
+        netns::enter_cgroup_on_exec(&mut cmd, p);
+    }
     if opts.detach {
         let log = File::create(cluster.pods_dir().join(format!("{}.log", pod.name)))?;
         cmd.stdin(Stdio::null())
@@ -837,9 +901,13 @@ pub fn exec(cluster: &str, name: &str, command: &[String]) -> Result<i32> {
     }
     let ns_file =
         File::open(&pod.netns).with_context(|| format!("opening {}", pod.netns.display()))?;
+    let procs = cgroup_procs(cluster.node(Some(&pod.node))?)?;
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);
     netns::enter_on_exec(&mut cmd, &ns_file);
+    if let Some(p) = &procs {
+        netns::enter_cgroup_on_exec(&mut cmd, p);
+    }
     let status = cmd
         .status()
         .with_context(|| format!("running {:?} in pod {name}", command[0]))?;

@@ -1,5 +1,6 @@
 //! The command line: parse, call library code, render (table or `-o json|yaml`).
 pub mod local;
+pub mod probe;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -66,6 +67,24 @@ enum Cmd {
     /// The policy the agent enforces
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Services and their backends (kube-proxy replacement)
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// One TCP or UDP exchange from inside a pod, reported as JSON (connectivity test client)
+    Probe {
+        #[arg(value_parser = ["tcp", "udp"])]
+        protocol: String,
+        /// HOST:PORT
+        target: String,
+        /// Data to send (UDP default: "ping")
+        #[arg(long)]
+        send: Option<String>,
+        /// UDP: connect() the socket first
+        #[arg(long)]
+        connected: bool,
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Print datapath events live (drops with their reason)
     Monitor {
         /// Only events of this type
@@ -85,6 +104,15 @@ enum Cmd {
 #[derive(Debug, Subcommand)]
 enum EndpointCmd {
     /// List the endpoints of the node
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCmd {
+    /// List frontends with their backends
     List {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
@@ -123,6 +151,9 @@ enum BpfCmd {
     /// The connection tracking table
     #[command(subcommand)]
     Ct(MapList),
+    /// Load-balancing maps: frontends -> backends by slot
+    #[command(subcommand)]
+    Lb(MapList),
     /// Policy map entries of one endpoint, with packet/byte counters
     #[command(subcommand)]
     Policy(PolicyMapCmd),
@@ -315,8 +346,10 @@ pub fn main_with_prefix(prefix: &[&str]) -> i32 {
 fn init_logging(level: &str, format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         let _ = b.json().try_init();
@@ -486,6 +519,125 @@ fn run(cli: Cli) -> Result<i32> {
                         r.mac,
                         r.from_endpoint_packets,
                         r.to_endpoint_packets
+                    );
+                }
+                s
+            })
+        }
+        Cmd::Service(ServiceCmd::List { output }) => {
+            let client = Client::new(resolve_socket(cli.host)?);
+            let svcs = runtime()?.block_on(client.services())?;
+            render(output, &svcs, || {
+                let mut s = format!(
+                    "{:<4} {:<26} {:<12} {}\n",
+                    "ID", "FRONTEND", "TYPE", "BACKENDS"
+                );
+                for v in &svcs {
+                    let be = if v.backends.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        v.backends
+                            .join("\n                                            ")
+                    };
+                    s += &format!("{:<4} {:<26} {:<12} {}\n", v.id, v.frontend, v.kind, be);
+                }
+                s
+            })
+        }
+        Cmd::Probe {
+            protocol,
+            target,
+            send,
+            connected,
+            timeout,
+        } => {
+            let r = if protocol == "tcp" {
+                probe::tcp(&target, send.as_deref(), timeout)?
+            } else {
+                probe::udp(
+                    &target,
+                    send.as_deref().unwrap_or("ping"),
+                    connected,
+                    timeout,
+                )?
+            };
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(if r.ok { 0 } else { 1 })
+        }
+        Cmd::Bpf(BpfCmd::Lb(MapList::List { output, bpf_root })) => {
+            let root = resolve_bpf_root(cli.host, bpf_root)?;
+            let m = loader::read_lb(&root)?;
+            #[derive(Serialize)]
+            struct Row {
+                frontend: String,
+                rev_nat: u16,
+                flags: u8,
+                affinity_timeout: u32,
+                backends: Vec<String>,
+            }
+            let ip = |a: u32| std::net::Ipv4Addr::from(a.to_ne_bytes());
+            let proto = |p: u8| match p {
+                6 => "TCP",
+                17 => "UDP",
+                132 => "SCTP",
+                _ => "ANY",
+            };
+            let rows: Vec<Row> = m
+                .services
+                .iter()
+                .filter(|(k, _)| k.backend_slot == 0)
+                .map(|(k, v)| {
+                    let slots = m.services.iter().filter(|(s, _)| {
+                        s.backend_slot > 0
+                            && (s.address, s.dport, s.proto, s.scope)
+                                == (k.address, k.dport, k.proto, k.scope)
+                    });
+                    Row {
+                        frontend: format!(
+                            "{}:{}/{}{}",
+                            ip(k.address),
+                            u16::from_be(k.dport),
+                            proto(k.proto),
+                            if k.scope == 1 { " (internal)" } else { "" }
+                        ),
+                        rev_nat: v.rev_nat_index,
+                        flags: v.flags,
+                        affinity_timeout: v.backend_id,
+                        backends: slots
+                            .map(|(s, sv)| match m.backends.get(&sv.backend_id) {
+                                Some(b) => format!(
+                                    "{}:{} (slot {}, id {}{})",
+                                    ip(b.address),
+                                    u16::from_be(b.port),
+                                    s.backend_slot,
+                                    sv.backend_id,
+                                    if s.backend_slot > v.count {
+                                        ", terminating"
+                                    } else {
+                                        ""
+                                    }
+                                ),
+                                None => format!(
+                                    "missing backend {} (slot {})",
+                                    sv.backend_id, s.backend_slot
+                                ),
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            render(output, &rows, || {
+                let mut s = format!("{:<28} {}\n", "SERVICE ADDRESS", "BACKEND ADDRESS (SLOT)");
+                for r in &rows {
+                    s += &format!(
+                        "{:<28} {} [rev-nat {}]\n",
+                        r.frontend,
+                        if r.backends.is_empty() {
+                            "(no backends)".to_string()
+                        } else {
+                            r.backends.join(", ")
+                        },
+                        r.rev_nat
                     );
                 }
                 s

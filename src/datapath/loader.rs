@@ -9,9 +9,9 @@ use std::{
 use aya::{
     maps::{lpm_trie::Key as LpmKey, HashMap, LpmTrie, MapData, PerCpuHashMap, RingBuf},
     programs::{
-        links::{FdLink, LinkError as AyaLinkError, PinnedLink},
+        links::{CgroupAttachMode, FdLink, LinkError as AyaLinkError, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
     },
     Ebpf, EbpfLoader,
 };
@@ -92,11 +92,20 @@ fn is_bpffs(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The loaded endpoint datapath of one node.
+/// The loaded datapath of one node: the endpoint program and the socket load balancer.
 pub struct Datapath {
     ebpf: Ebpf,
+    sock: Ebpf,
     root: PathBuf,
 }
+
+/// The socket LB programs and the cgroup hook each attaches to.
+const SOCK_PROGRAMS: [&str; 4] = [
+    "cil_sock4_connect",
+    "cil_sock4_sendmsg",
+    "cil_sock4_recvmsg",
+    "cil_sock4_getpeername",
+];
 
 /// One pod link's attachment, named by the host-side link.
 fn link_pins(root: &Path, host_ifname: &str) -> [(PathBuf, &'static str, TcAttachType); 2] {
@@ -141,6 +150,29 @@ impl Datapath {
                 object: "bpf_lxc.o",
                 source: Box::new(e),
             })?;
+        let mut sock = EbpfLoader::new()
+            .default_map_pin_directory(root)
+            .load(super::BPF_SOCK)
+            .map_err(|e| DatapathError::Load {
+                object: "bpf_sock.o",
+                source: Box::new(e),
+            })?;
+        for name in SOCK_PROGRAMS {
+            let prog: &mut CgroupSockAddr = sock
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|e| DatapathError::Program {
+                    op: "type check",
+                    program: name,
+                    source: Box::new(e),
+                })?;
+            prog.load().map_err(|e| DatapathError::Program {
+                op: "verifier load",
+                program: name,
+                source: Box::new(e),
+            })?;
+        }
         for name in [PROG_FROM_CONTAINER, PROG_TO_CONTAINER] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -159,6 +191,7 @@ impl Datapath {
         }
         Ok(Self {
             ebpf,
+            sock,
             root: root.to_path_buf(),
         })
     }
@@ -223,6 +256,133 @@ impl Datapath {
             })?;
         }
         Ok(())
+    }
+
+    /// Attaches the socket load balancer to a cgroup v2 directory with pinned links.
+    /// Links pinned by an earlier agent stay (they share the pinned maps).
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        for name in SOCK_PROGRAMS {
+            let pin = self.root.join("links").join(format!("cgroup_{name}"));
+            if pin.exists() {
+                continue;
+            }
+            let file = std::fs::File::open(cgroup).map_err(|source| DatapathError::Dir {
+                path: cgroup.to_path_buf(),
+                source,
+            })?;
+            let prog: &mut CgroupSockAddr = self
+                .sock
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|e| DatapathError::Program {
+                    op: "type check",
+                    program: name,
+                    source: Box::new(e),
+                })?;
+            let prog_err = |op: &'static str| {
+                move |e| DatapathError::Program {
+                    op,
+                    program: name,
+                    source: Box::new(e),
+                }
+            };
+            let id = prog
+                .attach(file, CgroupAttachMode::Single)
+                .map_err(prog_err("cgroup attach"))?;
+            let link = prog.take_link(id).map_err(prog_err("take link"))?;
+            let fd: FdLink = link.try_into().map_err(link_err("convert", &pin))?;
+            fd.pin(&pin).map_err(|e| DatapathError::Link {
+                op: "pin",
+                path: pin.clone(),
+                source: Box::new(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn sock_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>> {
+        let map = self
+            .sock
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))?;
+        HashMap::try_from(map).map_err(|e| DatapathError::Map {
+            map: name,
+            source: Box::new(e),
+        })
+    }
+
+    pub fn lb_service_put(&mut self, key: Lb4Key, value: Lb4Service) -> Result<()> {
+        self.sock_map::<Lb4Key, Lb4Service>(MAP_LB4_SERVICES)?
+            .insert(key, value, 0)
+            .map_err(|e| DatapathError::Map {
+                map: MAP_LB4_SERVICES,
+                source: Box::new(e),
+            })
+    }
+
+    pub fn lb_service_remove(&mut self, key: &Lb4Key) -> Result<()> {
+        let _ = self
+            .sock_map::<Lb4Key, Lb4Service>(MAP_LB4_SERVICES)?
+            .remove(key);
+        Ok(())
+    }
+
+    pub fn lb_backend_put(&mut self, id: u32, value: Lb4Backend) -> Result<()> {
+        self.sock_map::<u32, Lb4Backend>(MAP_LB4_BACKENDS)?
+            .insert(id, value, 0)
+            .map_err(|e| DatapathError::Map {
+                map: MAP_LB4_BACKENDS,
+                source: Box::new(e),
+            })
+    }
+
+    pub fn lb_backend_remove(&mut self, id: u32) -> Result<()> {
+        let _ = self
+            .sock_map::<u32, Lb4Backend>(MAP_LB4_BACKENDS)?
+            .remove(&id);
+        Ok(())
+    }
+
+    pub fn lb_revnat_put(&mut self, id: u16, value: Lb4RevNat) -> Result<()> {
+        self.sock_map::<u16, Lb4RevNat>(MAP_LB4_REVNAT)?
+            .insert(id, value, 0)
+            .map_err(|e| DatapathError::Map {
+                map: MAP_LB4_REVNAT,
+                source: Box::new(e),
+            })
+    }
+
+    pub fn lb_revnat_remove(&mut self, id: u16) -> Result<()> {
+        let _ = self.sock_map::<u16, Lb4RevNat>(MAP_LB4_REVNAT)?.remove(&id);
+        Ok(())
+    }
+
+    /// Current LB maps (services, backends, rev-NAT) for adoption after a restart.
+    pub fn lb_entries(&mut self) -> Result<LbMaps> {
+        let services = self
+            .sock_map::<Lb4Key, Lb4Service>(MAP_LB4_SERVICES)?
+            .iter()
+            .filter_map(|r| r.ok())
+            .collect();
+        let backends = self
+            .sock_map::<u32, Lb4Backend>(MAP_LB4_BACKENDS)?
+            .iter()
+            .filter_map(|r| r.ok())
+            .collect();
+        let revnat = self
+            .sock_map::<u16, Lb4RevNat>(MAP_LB4_REVNAT)?
+            .iter()
+            .filter_map(|r| r.ok())
+            .collect();
+        Ok(LbMaps {
+            services,
+            backends,
+            revnat,
+        })
     }
 
     /// Is this pod link attached (pins present)?
@@ -545,4 +705,27 @@ pub fn async_ring(
     // descriptor stays open exactly as long as it is registered.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// The content of the LB maps.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LbMaps {
+    pub services: std::collections::BTreeMap<Lb4Key, Lb4Service>,
+    pub backends: std::collections::BTreeMap<u32, Lb4Backend>,
+    pub revnat: std::collections::BTreeMap<u16, Lb4RevNat>,
+}
+
+/// The pinned LB maps under `root`.
+pub fn read_lb(root: &Path) -> Result<LbMaps> {
+    let s: HashMap<MapData, Lb4Key, Lb4Service> =
+        pinned(root, MAP_LB4_SERVICES, aya::maps::Map::HashMap)?;
+    let b: HashMap<MapData, u32, Lb4Backend> =
+        pinned(root, MAP_LB4_BACKENDS, aya::maps::Map::HashMap)?;
+    let r: HashMap<MapData, u16, Lb4RevNat> =
+        pinned(root, MAP_LB4_REVNAT, aya::maps::Map::HashMap)?;
+    Ok(LbMaps {
+        services: s.iter().filter_map(|x| x.ok()).collect(),
+        backends: b.iter().filter_map(|x| x.ok()).collect(),
+        revnat: r.iter().filter_map(|x| x.ok()).collect(),
+    })
 }

@@ -11,6 +11,9 @@ pub const MAP_IPCACHE: &str = "cilium_ipcache";
 pub const MAP_POLICY: &str = "cilium_policy";
 pub const MAP_CT4: &str = "cilium_ct4";
 pub const MAP_EVENTS: &str = "cilium_events";
+pub const MAP_LB4_SERVICES: &str = "cilium_lb4_services";
+pub const MAP_LB4_BACKENDS: &str = "cilium_lb4_backends";
+pub const MAP_LB4_REVNAT: &str = "cilium_lb4_reverse_nat";
 
 /// Key of `cilium_lxc`: an IPv4 address in network byte order.
 #[repr(C)]
@@ -227,6 +230,61 @@ impl DropEvent {
     }
 }
 
+/// Key of `cilium_lb4_services` (slot 0 = the service's master entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb4Key {
+    pub address: u32,
+    /// Network byte order.
+    pub dport: u16,
+    pub backend_slot: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub pad: [u8; 2],
+}
+
+pub const LB_SCOPE_EXT: u8 = 0;
+pub const LB_SCOPE_INT: u8 = 1;
+pub const SVC_F_AFFINITY: u8 = 1;
+pub const SVC_F_TWO_SCOPES: u8 = 2;
+pub const SVC_F_NODEPORT: u8 = 4;
+pub const SVC_F_SURROGATE: u8 = 8;
+
+/// Value of `cilium_lb4_services`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Lb4Service {
+    /// Slot > 0: backend id; slot 0: affinity timeout in seconds.
+    pub backend_id: u32,
+    pub count: u16,
+    pub rev_nat_index: u16,
+    pub flags: u8,
+    pub flags2: u8,
+    pub pad: u16,
+}
+
+/// Value of `cilium_lb4_backends`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Lb4Backend {
+    pub address: u32,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub state: u8,
+    pub pad: u32,
+}
+
+/// Value of `cilium_lb4_reverse_nat`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Lb4RevNat {
+    pub address: u32,
+    /// Network byte order.
+    pub port: u16,
+    pub pad: u16,
+}
+
 // SAFETY: all of these are #[repr(C)] plain integers and byte arrays with explicit
 // padding fields, so every bit pattern is valid and there are no implicit holes.
 unsafe impl aya::Pod for EndpointKey {}
@@ -254,6 +312,14 @@ unsafe impl aya::Pod for PolicyEntryValue {}
 unsafe impl aya::Pod for CtKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for CtEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Lb4Key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Lb4Service {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Lb4Backend {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Lb4RevNat {}
 
 const _: () = assert!(std::mem::size_of::<EndpointKey>() == 4);
 const _: () = assert!(std::mem::size_of::<EndpointInfo>() == 28);
@@ -270,6 +336,10 @@ const _: () = assert!(std::mem::size_of::<PolicyEntryValue>() == 24);
 const _: () = assert!(std::mem::size_of::<CtKey>() == 16);
 const _: () = assert!(std::mem::size_of::<CtEntry>() == 32);
 const _: () = assert!(std::mem::size_of::<DropEvent>() == 40);
+const _: () = assert!(std::mem::size_of::<Lb4Key>() == 12);
+const _: () = assert!(std::mem::size_of::<Lb4Service>() == 12);
+const _: () = assert!(std::mem::size_of::<Lb4Backend>() == 12);
+const _: () = assert!(std::mem::size_of::<Lb4RevNat>() == 8);
 
 /// Metric directions, as in ebpf/lib/common.h.
 pub const METRIC_INGRESS: u8 = 1;
@@ -294,6 +364,7 @@ pub fn reason_name(reason: u8) -> &'static str {
         134 => "Invalid packet",
         139 => "Unknown L3 target address",
         141 => "Error writing to packet",
+        158 => "Service backend not found",
         170 => "Unknown sender endpoint",
         _ => "Unknown reason",
     }

@@ -9,10 +9,12 @@ use sha2::{Digest, Sha256};
 
 /// The endpoint program (bpf_lxc.c), compiled by build.rs.
 pub static BPF_LXC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpf_lxc.o"));
+/// The socket load balancer (bpf_sock.c), compiled by build.rs.
+pub static BPF_SOCK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpf_sock.o"));
 
 /// Every eBPF object embedded in the binary, by name.
 pub fn embedded_objects() -> Vec<(&'static str, &'static [u8])> {
-    vec![("bpf_lxc.o", BPF_LXC)]
+    vec![("bpf_lxc.o", BPF_LXC), ("bpf_sock.o", BPF_SOCK)]
 }
 
 /// A short content hash of an object, for `cilium version`.

@@ -93,3 +93,30 @@ pub fn enter_on_exec(cmd: &mut std::process::Command, ns: &File) {
         });
     }
 }
+
+/// Makes `cmd` move itself into the cgroup whose `cgroup.procs` is open as `procs`
+/// between fork and exec (so its first connect() already meets the cgroup's hooks).
+pub fn enter_cgroup_on_exec(cmd: &mut std::process::Command, procs: &File) {
+    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    let fd = procs.as_raw_fd();
+    // SAFETY: write(2) on an open descriptor is async-signal-safe; "0" moves the
+    // calling process. The descriptor is owned by the caller and open while the child starts.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (e.g. /sys/fs/cgroup or /sys/fs/cgroup/unified).
+pub fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| std::path::PathBuf::from(dir))
+    })
+}

@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Socket-level service load balancing (cgroup v2 sock_addr hooks): a connect()
+ * or sendmsg() to a service frontend is translated to a backend before any
+ * packet exists, so there is no per-packet NAT; recvmsg() and getpeername()
+ * show the service address again. A service without backends refuses the
+ * connection at once ("Service backend not found"). */
+
+#include "lib/common.h"
+#include "lib/drop.h"
+#include "lib/maps.h"
+#include "lib/lb.h"
+
+#define SYS_REJECT 0
+#define SYS_PROCEED 1
+#define ECONNREFUSED 111
+#define DROP_NO_SERVICE 158 /* "Service backend not found" */
+
+static __always_inline __u32 now_secs(void)
+{
+	return (__u32)(bpf_ktime_get_ns() / 1000000000ULL);
+}
+
+static __always_inline struct lb4_service *lb4_lookup_service(__be32 addr, __be16 port, __u8 proto)
+{
+	struct lb4_key key = { .address = addr, .dport = port, .proto = proto, .scope = LB_SCOPE_EXT };
+	struct lb4_service *svc = bpf_map_lookup_elem(&cilium_lb4_services, &key);
+
+	/* In-cluster clients use the internal scope when the service has two. */
+	if (svc && (svc->flags & SVC_F_TWO_SCOPES)) {
+		key.scope = LB_SCOPE_INT;
+		svc = bpf_map_lookup_elem(&cilium_lb4_services, &key);
+	}
+	return svc;
+}
+
+static __always_inline struct lb4_backend *lb4_pick(struct bpf_sock_addr *ctx, __be32 addr, __be16 port, __u8 proto,
+						  struct lb4_service *svc, __u32 *backend_id)
+{
+	struct lb4_key key = { .address = addr, .dport = port, .proto = proto };
+	struct lb_affinity_key akey = {};
+	struct lb_affinity_val *aff;
+	struct lb4_service *slot;
+	struct lb4_backend *be;
+	__u32 now = now_secs();
+
+	if (svc->flags & SVC_F_TWO_SCOPES)
+		key.scope = LB_SCOPE_INT;
+	if (svc->flags & SVC_F_AFFINITY) {
+		akey.client_cookie = bpf_get_netns_cookie(ctx);
+		akey.rev_nat_id = svc->rev_nat_index;
+		aff = bpf_map_lookup_elem(&cilium_lb_affinity, &akey);
+		if (aff && aff->last_used + svc->backend_id >= now) {
+			be = bpf_map_lookup_elem(&cilium_lb4_backends, &aff->backend_id);
+			if (be && be->state == BE_STATE_ACTIVE) {
+				*backend_id = aff->backend_id;
+				aff->last_used = now;
+				return be;
+			}
+		}
+	}
+	key.backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	slot = bpf_map_lookup_elem(&cilium_lb4_services, &key);
+	if (!slot)
+		return 0;
+	*backend_id = slot->backend_id;
+	be = bpf_map_lookup_elem(&cilium_lb4_backends, backend_id);
+	if (be && (svc->flags & SVC_F_AFFINITY)) {
+		struct lb_affinity_val v = { .backend_id = *backend_id, .last_used = now };
+		bpf_map_update_elem(&cilium_lb_affinity, &akey, &v, BPF_ANY);
+	}
+	return be;
+}
+
+/* Translates the destination of ctx; returns SYS_PROCEED or SYS_REJECT. */
+static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __u8 proto)
+{
+	__be32 addr = ctx->user_ip4;
+	__be16 port = (__be16)ctx->user_port;
+	struct lb4_service *svc;
+	struct lb4_backend *be;
+	__u32 backend_id = 0;
+
+	svc = lb4_lookup_service(addr, port, proto);
+	if (!svc)
+		return SYS_PROCEED;
+	if (svc->count == 0) {
+		update_metrics(DROP_NO_SERVICE, METRIC_EGRESS, 0);
+		bpf_set_retval(-ECONNREFUSED);
+		return SYS_REJECT;
+	}
+	be = lb4_pick(ctx, addr, port, proto, svc, &backend_id);
+	if (!be) {
+		update_metrics(DROP_NO_SERVICE, METRIC_EGRESS, 0);
+		bpf_set_retval(-ECONNREFUSED);
+		return SYS_REJECT;
+	}
+	{
+		struct lb4_reverse_sk_key rk = {
+			.cookie = bpf_get_socket_cookie(ctx),
+			.address = be->address,
+			.port = be->port,
+		};
+		struct lb4_reverse_sk rv = {
+			.address = addr,
+			.port = port,
+			.rev_nat_index = svc->rev_nat_index,
+		};
+		bpf_map_update_elem(&cilium_lb4_reverse_sk, &rk, &rv, BPF_ANY);
+	}
+	ctx->user_ip4 = be->address;
+	ctx->user_port = be->port;
+	return SYS_PROCEED;
+}
+
+/* Shows the service address for a socket talking to one of its backends. */
+static __always_inline void sock4_rev_xlate(struct bpf_sock_addr *ctx)
+{
+	struct lb4_reverse_sk_key rk = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.address = ctx->user_ip4,
+		.port = (__be16)ctx->user_port,
+	};
+	struct lb4_reverse_sk *rv = bpf_map_lookup_elem(&cilium_lb4_reverse_sk, &rk);
+
+	if (rv) {
+		ctx->user_ip4 = rv->address;
+		ctx->user_port = rv->port;
+	}
+}
+
+static __always_inline __u8 sock_proto(struct bpf_sock_addr *ctx)
+{
+	return ctx->type == 2 /* SOCK_DGRAM */ ? IPPROTO_UDP : IPPROTO_TCP;
+}
+
+SEC("cgroup/connect4")
+int cil_sock4_connect(struct bpf_sock_addr *ctx)
+{
+	return sock4_xlate(ctx, sock_proto(ctx));
+}
+
+SEC("cgroup/sendmsg4")
+int cil_sock4_sendmsg(struct bpf_sock_addr *ctx)
+{
+	return sock4_xlate(ctx, IPPROTO_UDP);
+}
+
+SEC("cgroup/recvmsg4")
+int cil_sock4_recvmsg(struct bpf_sock_addr *ctx)
+{
+	sock4_rev_xlate(ctx);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername4")
+int cil_sock4_getpeername(struct bpf_sock_addr *ctx)
+{
+	sock4_rev_xlate(ctx);
+	return SYS_PROCEED;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

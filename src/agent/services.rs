@@ -1,0 +1,210 @@
+//! Services: the store's Services and EndpointSlices -> the LB maps, applied as a
+//! diff (new backends and slots before the master entry that counts them, removals
+//! after), so a change never exposes a half-written service.
+use std::net::IpAddr;
+
+use tracing::info;
+
+use super::{store::Snapshot, AgentError, AgentState};
+use crate::{
+    datapath::{
+        loader::LbMaps,
+        maps::{
+            Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, LB_SCOPE_EXT, LB_SCOPE_INT, SVC_F_AFFINITY,
+            SVC_F_NODEPORT, SVC_F_SURROGATE, SVC_F_TWO_SCOPES,
+        },
+    },
+    lb::{
+        model::Protocol,
+        state::{compute, BackendState, FrontendKind, LbState, NodeView, Scope},
+    },
+};
+
+/// What the agent programmed last.
+#[derive(Default)]
+pub struct LbProgrammed {
+    pub state: Option<LbState>,
+    pub maps: LbMaps,
+}
+
+fn v4(ip: IpAddr) -> Option<u32> {
+    match ip {
+        IpAddr::V4(a) => Some(u32::from_ne_bytes(a.octets())),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn proto(p: Protocol) -> u8 {
+    p.number()
+}
+
+/// The map contents an LB state asks for (IPv4 frontends; the datapath is IPv4 so far).
+pub fn desired_maps(state: &LbState) -> LbMaps {
+    let mut m = LbMaps::default();
+    for (id, be) in &state.backends {
+        let Some(address) = v4(be.addr) else { continue };
+        m.backends.insert(
+            id.0,
+            Lb4Backend {
+                address,
+                port: be.port.to_be(),
+                proto: proto(be.proto),
+                state: match be.state {
+                    BackendState::Active => 0,
+                    _ => 1,
+                },
+                pad: 0,
+            },
+        );
+    }
+    for svc in &state.services {
+        let fe = &svc.frontend;
+        let Some(address) = v4(fe.addr) else { continue };
+        let key = Lb4Key {
+            address,
+            dport: fe.port.to_be(),
+            backend_slot: 0,
+            proto: proto(fe.proto),
+            scope: match fe.scope {
+                Scope::External => LB_SCOPE_EXT,
+                Scope::Internal => LB_SCOPE_INT,
+            },
+            pad: [0; 2],
+        };
+        let mut flags = 0;
+        if svc.affinity_timeout.is_some() {
+            flags |= SVC_F_AFFINITY;
+        }
+        if svc.flags.two_scopes {
+            flags |= SVC_F_TWO_SCOPES;
+        }
+        if fe.kind == FrontendKind::NodePort {
+            flags |= SVC_F_NODEPORT;
+        }
+        if fe.is_surrogate() {
+            flags |= SVC_F_SURROGATE;
+        }
+        let slots: Vec<u32> = svc
+            .backends
+            .iter()
+            .chain(svc.terminating.iter())
+            .map(|b| b.0)
+            .collect();
+        m.services.insert(
+            key,
+            Lb4Service {
+                backend_id: svc.affinity_timeout.unwrap_or(0),
+                count: svc.backends.len() as u16,
+                rev_nat_index: svc.id,
+                flags,
+                flags2: 0,
+                pad: 0,
+            },
+        );
+        for (i, be) in slots.iter().enumerate() {
+            m.services.insert(
+                Lb4Key {
+                    backend_slot: i as u16 + 1,
+                    ..key
+                },
+                Lb4Service {
+                    backend_id: *be,
+                    count: 0,
+                    rev_nat_index: svc.id,
+                    flags,
+                    flags2: 0,
+                    pad: 0,
+                },
+            );
+        }
+        m.revnat.insert(
+            svc.id,
+            Lb4RevNat {
+                address,
+                port: fe.port.to_be(),
+                pad: 0,
+            },
+        );
+    }
+    m
+}
+
+impl AgentState {
+    /// Recomputes services from the snapshot and writes the difference to the maps.
+    pub fn regenerate_services(&mut self, snap: &Snapshot) -> Result<usize, AgentError> {
+        let node_ips = [IpAddr::V4(self.router_v4())];
+        let node = NodeView {
+            node_name: &self.config.node_name,
+            node_ips: &node_ips,
+            nodeport_enabled: false,
+        };
+        let state = compute(&snap.services, &snap.slices, &node, self.lb.state.as_ref());
+        let want = desired_maps(&state);
+        let have = std::mem::take(&mut self.lb.maps);
+        let mut writes = 0;
+        for (id, be) in &want.backends {
+            if have.backends.get(id) != Some(be) {
+                self.datapath.lb_backend_put(*id, *be)?;
+                writes += 1;
+            }
+        }
+        for (id, rn) in &want.revnat {
+            if have.revnat.get(id) != Some(rn) {
+                self.datapath.lb_revnat_put(*id, *rn)?;
+                writes += 1;
+            }
+        }
+        // Slots first, then master entries (which carry the count).
+        for pass_master in [false, true] {
+            for (k, v) in want
+                .services
+                .iter()
+                .filter(|(k, _)| (k.backend_slot == 0) == pass_master)
+            {
+                if have.services.get(k) != Some(v) {
+                    self.datapath.lb_service_put(*k, *v)?;
+                    writes += 1;
+                }
+            }
+        }
+        for pass_master in [true, false] {
+            for k in have
+                .services
+                .keys()
+                .filter(|k| (k.backend_slot == 0) == pass_master)
+            {
+                if !want.services.contains_key(k) {
+                    self.datapath.lb_service_remove(k)?;
+                    writes += 1;
+                }
+            }
+        }
+        for id in have
+            .revnat
+            .keys()
+            .filter(|id| !want.revnat.contains_key(id))
+        {
+            self.datapath.lb_revnat_remove(*id)?;
+            writes += 1;
+        }
+        for id in have
+            .backends
+            .keys()
+            .filter(|id| !want.backends.contains_key(id))
+        {
+            self.datapath.lb_backend_remove(*id)?;
+            writes += 1;
+        }
+        if writes > 0 {
+            info!(
+                writes,
+                services = state.services.len(),
+                backends = state.backends.len(),
+                "services programmed"
+            );
+        }
+        self.lb.maps = want;
+        self.lb.state = Some(state);
+        Ok(writes)
+    }
+}

@@ -1,0 +1,104 @@
+//! `cilium probe`: the connectivity test's client, run inside a pod. One TCP or UDP
+//! exchange, reported as JSON with the peer address the socket sees (so service
+//! translation is visible) and how long it took.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Result};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct ProbeResult {
+    pub ok: bool,
+    pub peer: Option<String>,
+    pub response: Option<String>,
+    pub error: Option<String>,
+    pub ms: f64,
+}
+
+fn resolve(target: &str) -> Result<SocketAddr> {
+    target
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow!("{target:?} is not HOST:PORT"))
+}
+
+fn classify(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "refused".into(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "timeout".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Connects, sends `send` (if any), reads until EOF or timeout.
+pub fn tcp(target: &str, send: Option<&str>, timeout: Duration) -> Result<ProbeResult> {
+    let addr = resolve(target)?;
+    let start = Instant::now();
+    let mut s = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(ProbeResult {
+                ok: false,
+                peer: None,
+                response: None,
+                error: Some(classify(&e)),
+                ms: start.elapsed().as_secs_f64() * 1e3,
+            })
+        }
+    };
+    let peer = s.peer_addr().ok().map(|p| p.to_string());
+    s.set_read_timeout(Some(timeout))?;
+    if let Some(d) = send {
+        s.write_all(d.as_bytes())?;
+    }
+    // Done sending: the peer sees EOF and can answer and close.
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut buf = Vec::new();
+    let res = s.read_to_end(&mut buf);
+    Ok(ProbeResult {
+        ok: res.is_ok(),
+        peer,
+        response: Some(String::from_utf8_lossy(&buf).into_owned()),
+        error: res.err().map(|e| classify(&e)),
+        ms: start.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// Sends one datagram and waits for one reply; `connected` uses connect()+send().
+pub fn udp(target: &str, send: &str, connected: bool, timeout: Duration) -> Result<ProbeResult> {
+    let addr = resolve(target)?;
+    let start = Instant::now();
+    let s = UdpSocket::bind(("0.0.0.0", 0))?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 2048];
+    let outcome = if connected {
+        s.connect(addr)
+            .and_then(|_| s.send(send.as_bytes()))
+            .and_then(|_| s.recv(&mut buf))
+            .map(|n| (n, s.peer_addr().ok()))
+    } else {
+        s.send_to(send.as_bytes(), addr)
+            .and_then(|_| s.recv_from(&mut buf))
+            .map(|(n, from)| (n, Some(from)))
+    };
+    Ok(match outcome {
+        Ok((n, from)) => ProbeResult {
+            ok: true,
+            peer: from.map(|f| f.to_string()),
+            response: Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            error: None,
+            ms: start.elapsed().as_secs_f64() * 1e3,
+        },
+        Err(e) => ProbeResult {
+            ok: false,
+            peer: None,
+            response: None,
+            error: Some(classify(&e)),
+            ms: start.elapsed().as_secs_f64() * 1e3,
+        },
+    })
+}

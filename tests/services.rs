@@ -1,0 +1,290 @@
+//! Privileged: socket-level service load balancing on a local cluster: ClusterIP
+//! TCP and UDP spread over backends, the service address seen by getpeername and
+//! recvmsg, session affinity, quick refusal without backends, and backend removal
+//! that spares existing connections.
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+fn apply(c: &LocalCluster, yaml: &str) {
+    let mut child = Command::new(BIN)
+        .args(["local", "apply", "--cluster", &c.name, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: u64 = std::fs::read_to_string(c.dir().join("store/generation"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let start = Instant::now();
+    while c.json(&["status"])["policy_revision"].as_u64() != Some(want) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "agent did not apply revision {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A TCP server in a pod's namespace that greets with `name` and echoes lines.
+fn serve_tcp(c: &LocalCluster, pod: &str, port: u16, name: &'static str) {
+    let l = in_ns(&c.pod_netns(pod), || {
+        TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).unwrap()
+    });
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let _ = w.write_all(format!("{name}\n").as_bytes());
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    let _ = w.write_all(format!("{name}:{line}").as_bytes());
+                    line.clear();
+                }
+            });
+        }
+    });
+}
+
+fn serve_udp(c: &LocalCluster, pod: &str, port: u16, name: &'static str) {
+    let s = in_ns(&c.pod_netns(pod), || {
+        std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port))).unwrap()
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(name.as_bytes(), from);
+        }
+    });
+}
+
+/// `cilium probe` run inside a pod (in its cgroup, so the socket LB applies).
+fn probe(c: &LocalCluster, pod: &str, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["probe"];
+    a.extend_from_slice(args);
+    let mut cmd = vec![BIN];
+    cmd.extend_from_slice(&a);
+    let out = c.exec(pod, &cmd);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "probe output: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn service(name: &str, ip: &str, port: u16, target: u16, proto: &str, extra: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {ip}\n{extra}  ports:\n  - {{name: p, port: {port}, targetPort: {target}, protocol: {proto}}}\n"
+    )
+}
+
+fn slice(name: &str, target: u16, proto: &str, ips: &[&str]) -> String {
+    let eps: String = ips
+        .iter()
+        .map(|ip| format!("- addresses: [{ip}]\n"))
+        .collect();
+    format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports:\n- {{name: p, port: {target}, protocol: {proto}}}\nendpoints:\n{eps}"
+    )
+}
+
+#[test]
+fn clusterip_tcp_and_udp_spread_over_backends_and_show_the_service_address() {
+    if !privileged() {
+        return;
+    }
+    let c = LocalCluster::up("t-svc", "10.222.0.0/24");
+    let b1 = c.pod("b1");
+    let b2 = c.pod("b2");
+    c.pod("client");
+    serve_tcp(&c, "b1", 8080, "b1");
+    serve_tcp(&c, "b2", 8080, "b2");
+    serve_udp(&c, "b1", 5353, "u1");
+    serve_udp(&c, "b2", 5353, "u2");
+    let yaml = [
+        service("web", "10.96.0.10", 80, 8080, "TCP", ""),
+        slice("web", 8080, "TCP", &[&b1, &b2]),
+        service("dns", "10.96.0.53", 53, 5353, "UDP", ""),
+        slice("dns", 5353, "UDP", &[&b1, &b2]),
+        service("empty", "10.96.0.99", 80, 80, "TCP", ""),
+    ]
+    .concat();
+    apply(&c, &yaml);
+    let svcs = c.json(&["service", "list"]);
+    assert_eq!(svcs.as_array().unwrap().len(), 3, "{svcs}");
+
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..16 {
+        let r = probe(&c, "client", &["tcp", "10.96.0.10:80"]);
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(
+            r["peer"], "10.96.0.10:80",
+            "getpeername shows the service, not the backend: {r}"
+        );
+        *seen
+            .entry(r["response"].as_str().unwrap().trim().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "connections spread over both backends: {seen:?}"
+    );
+
+    let mut udp_seen = BTreeMap::<String, usize>::new();
+    for i in 0..16 {
+        let connected = if i % 2 == 0 {
+            "--connected"
+        } else {
+            "--send=q"
+        };
+        let r = probe(&c, "client", &["udp", "10.96.0.53:53", connected]);
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(
+            r["peer"], "10.96.0.53:53",
+            "the reply appears to come from the service: {r}"
+        );
+        *udp_seen
+            .entry(r["response"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        udp_seen.len(),
+        2,
+        "UDP spread over both backends: {udp_seen:?}"
+    );
+
+    // No backends: refused at once, not a timeout.
+    let r = probe(&c, "client", &["tcp", "10.96.0.99:80", "--timeout", "3s"]);
+    assert_eq!(r["error"], "refused", "{r}");
+    assert!(r["ms"].as_f64().unwrap() < 100.0, "refused quickly: {r}");
+    assert!(
+        c.metric(158, "EGRESS") >= 1,
+        "counted as 'Service backend not found'"
+    );
+
+    // The backend address itself still works (no translation for it).
+    let r = probe(&c, "client", &["tcp", &format!("{b1}:8080")]);
+    assert_eq!(r["response"], "b1\n");
+}
+
+#[test]
+fn session_affinity_pins_a_client_and_removed_backends_keep_existing_connections() {
+    if !privileged() {
+        return;
+    }
+    let c = LocalCluster::up("t-svc-aff", "10.223.0.0/24");
+    let b1 = c.pod("b1");
+    let b2 = c.pod("b2");
+    c.pod("client");
+    serve_tcp(&c, "b1", 8080, "b1");
+    serve_tcp(&c, "b2", 8080, "b2");
+    let affinity = "  sessionAffinity: ClientIP\n";
+    apply(
+        &c,
+        &[
+            service("sticky", "10.96.1.10", 80, 8080, "TCP", affinity),
+            slice("sticky", 8080, "TCP", &[&b1, &b2]),
+        ]
+        .concat(),
+    );
+    let first = probe(&c, "client", &["tcp", "10.96.1.10:80"])["response"].clone();
+    for _ in 0..8 {
+        assert_eq!(
+            probe(&c, "client", &["tcp", "10.96.1.10:80"])["response"],
+            first,
+            "affinity pins the client"
+        );
+    }
+
+    // A long-lived connection through the service, then its backend leaves the slice.
+    apply(
+        &c,
+        &[
+            service("web", "10.96.1.20", 80, 8080, "TCP", ""),
+            slice("web", 8080, "TCP", &[&b1, &b2]),
+        ]
+        .concat(),
+    );
+    let mut socat = Command::new(BIN)
+        .args([
+            "local",
+            "exec",
+            "--cluster",
+            &c.name,
+            "client",
+            "--",
+            "socat",
+            "-",
+            "TCP:10.96.1.20:80",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = socat.stdin.take().unwrap();
+    let mut out = BufReader::new(socat.stdout.take().unwrap());
+    let mut greeting = String::new();
+    out.read_line(&mut greeting).unwrap();
+    let owner = greeting.trim().to_string();
+    let (gone, stays) = if owner == "b1" {
+        (&b1, &b2)
+    } else {
+        (&b2, &b1)
+    };
+    apply(
+        &c,
+        &[
+            service("web", "10.96.1.20", 80, 8080, "TCP", ""),
+            slice("web", 8080, "TCP", &[stays]),
+        ]
+        .concat(),
+    );
+    for _ in 0..8 {
+        let r = probe(&c, "client", &["tcp", "10.96.1.20:80"]);
+        assert_ne!(
+            r["response"].as_str().unwrap().trim(),
+            owner,
+            "new connections avoid the removed backend {gone}"
+        );
+    }
+    stdin.write_all(b"still there\n").unwrap();
+    let mut echo = String::new();
+    out.read_line(&mut echo).unwrap();
+    assert_eq!(
+        echo.trim(),
+        format!("{owner}:still there"),
+        "the existing connection continues"
+    );
+    drop(stdin);
+    let _ = socat.kill();
+    let mut rest = String::new();
+    let _ = out.read_to_string(&mut rest);
+    let _ = socat.wait();
+}
