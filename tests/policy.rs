@@ -5,7 +5,6 @@
 mod common;
 
 use std::{
-    io::Write,
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -31,73 +30,6 @@ fn tcp(c: &LocalCluster, from: &str, ip: &str, port: u16) -> bool {
             }
         }
     })
-}
-
-fn apply(c: &LocalCluster, yaml: &str) -> std::process::Output {
-    let mut child = Command::new(BIN)
-        .args(["local", "apply", "--cluster", &c.name, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn apply_ok(c: &LocalCluster, yaml: &str) {
-    let out = apply(c, yaml);
-    assert!(
-        out.status.success(),
-        "apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    settle(c);
-}
-
-fn delete_ok(c: &LocalCluster, yaml: &str) {
-    let mut child = Command::new(BIN)
-        .args(["local", "delete", "--cluster", &c.name, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "delete failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    settle(c);
-}
-
-/// Waits until the agent has applied the store's current revision.
-fn settle(c: &LocalCluster) {
-    let want: u64 = std::fs::read_to_string(c.dir().join("store/generation"))
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .unwrap_or(0);
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
-        if c.json(&["status"])["policy_revision"].as_u64() == Some(want) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("agent did not reach policy revision {want}");
 }
 
 fn endpoint(c: &LocalCluster, pod: &str) -> serde_json::Value {
@@ -179,7 +111,7 @@ fn allow_by_label_default_deny_l4_and_removal() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
-    apply_ok(&c, ALLOW_CLIENT_8080);
+    c.apply_ok(ALLOW_CLIENT_8080);
     let web_ep = endpoint(&c, "web");
     assert_eq!(web_ep["ingress_enforced"], true, "{web_ep}");
     assert_eq!(web_ep["egress_enforced"], false);
@@ -235,7 +167,7 @@ fn allow_by_label_default_deny_l4_and_removal() {
     assert!(ipcache.contains(&format!("{web}/32")), "{ipcache}");
 
     // Removing the policy restores traffic.
-    delete_ok(&c, ALLOW_CLIENT_8080);
+    c.delete_ok(ALLOW_CLIENT_8080);
     assert_eq!(endpoint(&c, "web")["ingress_enforced"], false);
     assert!(tcp(&c, "other", &web, 8080), "policy removed: passes again");
     assert!(tcp(&c, "client", &web, 9090));
@@ -251,8 +183,7 @@ fn icmp_rule_replies_pass_and_deny_beats_allow() {
     let client = run_pod(&c, "client", "app=client");
     let _l = listen(&c.pod_netns("web"), 8080);
     let _l2 = listen(&c.pod_netns("client"), 7000);
-    apply_ok(
-        &c,
+    c.apply_ok(
         r#"
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -283,8 +214,7 @@ spec:
     );
 
     // An ingressDeny beats the allow.
-    apply_ok(
-        &c,
+    c.apply_ok(
         r#"
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -319,8 +249,7 @@ fn egress_cidr_to_outside_and_kubernetes_network_policy() {
     );
     assert!(tcp(&c, "client", "198.51.100.2", 80));
 
-    apply_ok(
-        &c,
+    c.apply_ok(
         r#"
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -337,22 +266,20 @@ spec:
 
     // An egressDeny for one address inside the allowed CIDR wins.
     let deny = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: deny-one}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egressDeny:\n  - toCIDR: [203.0.113.2/32]\n";
-    apply_ok(&c, deny);
+    c.apply_ok(deny);
     assert!(
         !tcp(&c, "client", "203.0.113.2", 80),
         "egress deny beats the CIDR allow"
     );
     assert!(c.metric(181, "EGRESS") >= 1);
-    delete_ok(&c, deny);
+    c.delete_ok(deny);
     assert!(tcp(&c, "client", "203.0.113.2", 80));
-    delete_ok(
-        &c,
+    c.delete_ok(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: to-doc-net}\n",
     );
 
     // Kubernetes NetworkPolicy: egress to everything except 198.51.100.0/24.
-    apply_ok(
-        &c,
+    c.apply_ok(
         r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -384,7 +311,7 @@ fn label_change_flips_verdict_within_a_second_and_bad_policy_changes_nothing() {
     let web = run_pod(&c, "web", "app=web");
     run_pod(&c, "other", "app=other");
     let _l = listen(&c.pod_netns("web"), 8080);
-    apply_ok(&c, ALLOW_CLIENT_8080);
+    c.apply_ok(ALLOW_CLIENT_8080);
     assert!(!tcp(&c, "other", &web, 8080));
 
     let start = Instant::now();
@@ -408,8 +335,7 @@ fn label_change_flips_verdict_within_a_second_and_bad_policy_changes_nothing() {
 
     // A stream whose second document is invalid is rejected whole; enforcement stays.
     let rev = c.json(&["status"])["policy_revision"].clone();
-    let out = apply(
-        &c,
+    let out = c.apply(
         r#"
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -447,7 +373,7 @@ spec:
         "{policies}"
     );
     ok(&["local", "label", "--cluster", &c.name, "other", "app=other"]);
-    settle(&c);
+    c.settle();
     assert!(
         !tcp(&c, "other", &web, 8080),
         "the previous policy keeps enforcing"
@@ -464,7 +390,7 @@ fn enforcement_continues_while_the_agent_is_down() {
     run_pod(&c, "client", "app=client");
     run_pod(&c, "other", "app=other");
     let _l = listen(&c.pod_netns("web"), 8080);
-    apply_ok(&c, ALLOW_CLIENT_8080);
+    c.apply_ok(ALLOW_CLIENT_8080);
     ok(&["local", "restart-agent", "--cluster", &c.name, "--stop"]);
     assert!(
         tcp(&c, "client", &web, 8080),

@@ -9,45 +9,9 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener},
     process::{Command, Stdio},
-    time::{Duration, Instant},
 };
 
 use common::*;
-
-fn apply(c: &LocalCluster, yaml: &str) {
-    let mut child = Command::new(BIN)
-        .args(["local", "apply", "--cluster", &c.name, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let want: u64 = std::fs::read_to_string(c.dir().join("store/generation"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let start = Instant::now();
-    while c.json(&["status"])["policy_revision"].as_u64() != Some(want) {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "agent did not apply revision {want}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A TCP server in a pod's namespace that greets with `name` and echoes lines.
 fn serve_tcp(c: &LocalCluster, pod: &str, port: u16, name: &'static str) {
@@ -135,7 +99,7 @@ fn clusterip_tcp_and_udp_spread_over_backends_and_show_the_service_address() {
         service("empty", "10.96.0.99", 80, 80, "TCP", ""),
     ]
     .concat();
-    apply(&c, &yaml);
+    c.apply_ok(&yaml);
     let svcs = c.json(&["service", "list"]);
     assert_eq!(svcs.as_array().unwrap().len(), 3, "{svcs}");
 
@@ -206,8 +170,7 @@ fn session_affinity_pins_a_client_and_removed_backends_keep_existing_connections
     serve_tcp(&c, "b1", 8080, "b1");
     serve_tcp(&c, "b2", 8080, "b2");
     let affinity = "  sessionAffinity: ClientIP\n";
-    apply(
-        &c,
+    c.apply_ok(
         &[
             service("sticky", "10.96.1.10", 80, 8080, "TCP", affinity),
             slice("sticky", 8080, "TCP", &[&b1, &b2]),
@@ -224,8 +187,7 @@ fn session_affinity_pins_a_client_and_removed_backends_keep_existing_connections
     }
 
     // A long-lived connection through the service, then its backend leaves the slice.
-    apply(
-        &c,
+    c.apply_ok(
         &[
             service("web", "10.96.1.20", 80, 8080, "TCP", ""),
             slice("web", 8080, "TCP", &[&b1, &b2]),
@@ -258,8 +220,7 @@ fn session_affinity_pins_a_client_and_removed_backends_keep_existing_connections
     } else {
         (&b2, &b1)
     };
-    apply(
-        &c,
+    c.apply_ok(
         &[
             service("web", "10.96.1.20", 80, 8080, "TCP", ""),
             slice("web", 8080, "TCP", &[stays]),

@@ -60,6 +60,36 @@ impl Client {
         &self.socket
     }
 
+    /// Sends one request on a fresh connection; the response body is left to the caller.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "cilium")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -67,31 +97,11 @@ impl Client {
         body: Option<&B>,
     ) -> Result<T, ClientError> {
         let fut = async {
-            let stream = tokio::net::UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| ClientError::Http(e.to_string()))?;
-            tokio::spawn(conn);
             let bytes = match body {
                 Some(b) => serde_json::to_vec(b)?,
                 None => Vec::new(),
             };
-            let req = Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", "cilium")
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(bytes)))
-                .map_err(|e| ClientError::Http(e.to_string()))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| ClientError::Http(e.to_string()))?;
+            let resp = self.send(method, path, bytes).await?;
             let status = resp.status();
             let body = resp
                 .into_body()
@@ -211,26 +221,9 @@ impl Client {
         &self,
         mut f: impl FnMut(MonitorEvent) -> bool,
     ) -> Result<(), ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                socket: self.socket.clone(),
-                source,
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        tokio::spawn(conn);
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri("/v1/monitor")
-            .header("host", "cilium")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let mut body = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?
+        let mut body = self
+            .send(Method::GET, "/v1/monitor", Vec::new())
+            .await?
             .into_body();
         let mut buf: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {

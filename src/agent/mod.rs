@@ -475,6 +475,8 @@ impl AgentState {
                 "False".into()
             },
             policy_revision: self.policy.generation.unwrap_or(0),
+            last_regeneration_ms: self.policy.last_regeneration.as_secs_f64() * 1e3,
+            services: self.lb.state.as_ref().map_or(0, |s| s.services.len()),
             policy_enforcement: format!("{:?}", self.config.enable_policy).to_lowercase(),
             uptime_seconds: self.started.elapsed().as_secs(),
         }

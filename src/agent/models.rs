@@ -126,6 +126,11 @@ pub struct StatusResponse {
     pub policy_revision: u64,
     #[serde(default)]
     pub policy_enforcement: String,
+    /// Duration of the last regeneration (store -> identities, policy, services -> maps).
+    #[serde(default)]
+    pub last_regeneration_ms: f64,
+    #[serde(default)]
+    pub services: usize,
     pub uptime_seconds: u64,
 }
 

@@ -40,6 +40,8 @@ pub struct PolicyState {
     pub per_endpoint: BTreeMap<u16, EndpointPolicy>,
     pub identities: Vec<IdentityInfo>,
     pub regenerations: u64,
+    /// How long the last regeneration took.
+    pub last_regeneration: std::time::Duration,
     /// Identities this node holds a reference on, by labels.
     pub label_ids: BTreeMap<Labels, u32>,
 }
@@ -101,6 +103,7 @@ impl AgentState {
     /// Recomputes identities, ipcache and policy from the store and the endpoints,
     /// and applies the difference to the maps.
     pub async fn regenerate(&mut self) -> Result<(), AgentError> {
+        let started = std::time::Instant::now();
         let snap = match &self.store {
             Some(store) => store.snapshot()?,
             None => Snapshot::default(),
@@ -323,6 +326,7 @@ impl AgentState {
         self.policy.rules = rules;
         self.policy.generation = Some(snap.generation);
         self.policy.regenerations += 1;
+        self.policy.last_regeneration = started.elapsed();
         if writes > 0 {
             info!(writes, generation = snap.generation, "datapath regenerated");
         } else {

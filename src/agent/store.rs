@@ -55,6 +55,20 @@ pub struct Snapshot {
 
 pub struct Store {
     dir: PathBuf,
+    /// Parsed objects by file, reused while the file is unchanged (size and mtime),
+    /// so a change re-parses one file, not the whole store.
+    cache: std::sync::Mutex<std::collections::HashMap<PathBuf, (FileStamp, Cached)>>,
+}
+
+type FileStamp = (std::time::SystemTime, u64);
+
+#[derive(Clone)]
+enum Cached {
+    Policies(Vec<PolicyObject>),
+    Services(
+        Vec<crate::lb::model::Service>,
+        Vec<crate::lb::model::EndpointSlice>,
+    ),
 }
 
 const POLICY_KINDS: [&str; 3] = [
@@ -86,6 +100,7 @@ impl Store {
         }
         Ok(Self {
             dir: dir.to_path_buf(),
+            cache: Default::default(),
         })
     }
 
@@ -295,16 +310,37 @@ impl Store {
                 serde_yaml::from_value(v["metadata"]["labels"].clone()).unwrap_or_default();
             snap.namespaces.insert(name, labels);
         }
-        for path in sorted_files(&self.dir.join("policies"), "yaml")? {
-            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-            snap.policies.extend(parse_stream(&text)?.policies);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = std::collections::HashSet::new();
+        for (sub, is_policy) in [("policies", true), ("services", false)] {
+            for path in sorted_files(&self.dir.join(sub), "yaml")? {
+                let meta = std::fs::metadata(&path).map_err(io(&path))?;
+                let stamp = (meta.modified().map_err(io(&path))?, meta.len());
+                seen.insert(path.clone());
+                let parsed = match cache.get(&path) {
+                    Some((s, c)) if *s == stamp => c.clone(),
+                    _ => {
+                        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+                        let c = if is_policy {
+                            Cached::Policies(parse_stream(&text)?.policies)
+                        } else {
+                            let p = crate::lb::parse::parse_stream(&text)?;
+                            Cached::Services(p.services, p.slices)
+                        };
+                        cache.insert(path.clone(), (stamp, c.clone()));
+                        c
+                    }
+                };
+                match parsed {
+                    Cached::Policies(p) => snap.policies.extend(p),
+                    Cached::Services(s, e) => {
+                        snap.services.extend(s);
+                        snap.slices.extend(e);
+                    }
+                }
+            }
         }
-        for path in sorted_files(&self.dir.join("services"), "yaml")? {
-            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-            let parsed = crate::lb::parse::parse_stream(&text)?;
-            snap.services.extend(parsed.services);
-            snap.slices.extend(parsed.slices);
-        }
+        cache.retain(|p, _| seen.contains(p));
         Ok(snap)
     }
 }

@@ -74,8 +74,12 @@ enum Cmd {
     Probe {
         #[arg(value_parser = ["tcp", "udp"])]
         protocol: String,
-        /// HOST:PORT
-        target: String,
+        /// HOST:PORT (several with --count: used in turn)
+        #[arg(required = true)]
+        targets: Vec<String>,
+        /// TCP: repeat connect + request/response this many times and report latency percentiles
+        #[arg(long)]
+        count: Option<usize>,
         /// Data to send (UDP default: "ping")
         #[arg(long)]
         send: Option<String>,
@@ -546,16 +550,28 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Probe {
             protocol,
-            target,
+            targets,
+            count,
             send,
             connected,
             timeout,
         } => {
+            if let Some(n) = count {
+                if protocol != "tcp" {
+                    bail!("--count measures TCP connect + request/response only");
+                }
+                let r = probe::tcp_latency(&targets, n, timeout)?;
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(if r.failures == 0 { 0 } else { 1 });
+            }
+            if targets.len() != 1 {
+                bail!("give one HOST:PORT (several only with --count)");
+            }
             let r = if protocol == "tcp" {
-                probe::tcp(&target, send.as_deref(), timeout)?
+                probe::tcp(&targets[0], send.as_deref(), timeout)?
             } else {
                 probe::udp(
-                    &target,
+                    &targets[0],
                     send.as_deref().unwrap_or("ping"),
                     connected,
                     timeout,

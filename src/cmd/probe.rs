@@ -102,3 +102,53 @@ pub fn udp(target: &str, send: &str, connected: bool, timeout: Duration) -> Resu
         },
     })
 }
+
+/// Latency of `count` sequential TCP connect + request/response exchanges, rotating
+/// over `targets` (the server answers and closes).
+#[derive(Debug, Serialize)]
+pub struct LatencyResult {
+    pub samples: usize,
+    pub failures: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+}
+
+pub fn tcp_latency(targets: &[String], count: usize, timeout: Duration) -> Result<LatencyResult> {
+    let addrs: Vec<SocketAddr> = targets.iter().map(|t| resolve(t)).collect::<Result<_>>()?;
+    let mut times = Vec::with_capacity(count);
+    let mut failures = 0;
+    for i in 0..count {
+        let addr = addrs[i % addrs.len()];
+        let start = Instant::now();
+        let ok = TcpStream::connect_timeout(&addr, timeout).and_then(|mut s| {
+            s.set_read_timeout(Some(timeout))?;
+            s.write_all(b"q")?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)
+        });
+        match ok {
+            Ok(()) => times.push(start.elapsed().as_secs_f64() * 1e3),
+            Err(_) => failures += 1,
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| -> f64 {
+        if times.is_empty() {
+            return 0.0;
+        }
+        let i = ((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1;
+        times[i]
+    };
+    Ok(LatencyResult {
+        samples: times.len(),
+        failures,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        mean_ms: if times.is_empty() {
+            0.0
+        } else {
+            times.iter().sum::<f64>() / times.len() as f64
+        },
+    })
+}

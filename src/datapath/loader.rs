@@ -305,14 +305,7 @@ impl Datapath {
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, V>> {
-        let map = self
-            .sock
-            .map_mut(name)
-            .ok_or(DatapathError::MissingMap(name))?;
-        HashMap::try_from(map).map_err(|e| DatapathError::Map {
-            map: name,
-            source: Box::new(e),
-        })
+        typed_hash(&mut self.sock, name)
     }
 
     pub fn lb_service_put(&mut self, key: Lb4Key, value: Lb4Service) -> Result<()> {
@@ -401,14 +394,7 @@ impl Datapath {
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, V>> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DatapathError::MissingMap(name))?;
-        HashMap::try_from(map).map_err(|e| DatapathError::Map {
-            map: name,
-            source: Box::new(e),
-        })
+        typed_hash(&mut self.ebpf, name)
     }
 
     /// Writes an endpoint into cilium_lxc and cilium_lxc_if.
@@ -727,5 +713,17 @@ pub fn read_lb(root: &Path) -> Result<LbMaps> {
         services: s.iter().filter_map(|x| x.ok()).collect(),
         backends: b.iter().filter_map(|x| x.ok()).collect(),
         revnat: r.iter().filter_map(|x| x.ok()).collect(),
+    })
+}
+
+/// A typed view of one of an object's hash maps.
+fn typed_hash<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<&'a mut MapData, K, V>> {
+    let map = ebpf.map_mut(name).ok_or(DatapathError::MissingMap(name))?;
+    HashMap::try_from(map).map_err(|e| DatapathError::Map {
+        map: name,
+        source: Box::new(e),
     })
 }

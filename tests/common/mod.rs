@@ -136,6 +136,68 @@ impl LocalCluster {
             .sum()
     }
 
+    /// Runs `cilium local apply -f -` with `yaml` on stdin.
+    pub fn apply(&self, yaml: &str) -> Output {
+        self.local_stdin("apply", yaml)
+    }
+
+    /// Applies and waits until the agent has the new revision.
+    pub fn apply_ok(&self, yaml: &str) {
+        let out = self.apply(yaml);
+        assert!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.settle();
+    }
+
+    /// Deletes the objects in `yaml` and waits for the agent.
+    pub fn delete_ok(&self, yaml: &str) {
+        let out = self.local_stdin("delete", yaml);
+        assert!(
+            out.status.success(),
+            "delete failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.settle();
+    }
+
+    fn local_stdin(&self, verb: &str, yaml: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .args(["local", verb, "--cluster", &self.name, "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running the cilium binary");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(yaml.as_bytes())
+            .expect("writing stdin");
+        child.wait_with_output().expect("waiting for cilium")
+    }
+
+    /// Waits until the agent has applied the store's current revision.
+    pub fn settle(&self) {
+        let want: u64 = std::fs::read_to_string(self.dir().join("store/generation"))
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(5) {
+            if self.json(&["status"])["policy_revision"].as_u64() == Some(want) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("agent did not reach revision {want}");
+    }
+
     /// Names of the links in the node's namespace.
     pub fn node_links(&self) -> Vec<String> {
         links_in(&self.node_netns())
