@@ -249,3 +249,83 @@ fn session_affinity_pins_a_client_and_removed_backends_keep_existing_connections
     let _ = out.read_to_string(&mut rest);
     let _ = socat.wait();
 }
+
+#[test]
+fn nodeport_from_outside_spreads_with_maglev_and_keeps_the_client_address() {
+    if !privileged() {
+        return;
+    }
+    let c = LocalCluster::up("t-svc-np", "10.224.0.0/24");
+    let b1 = c.pod("b1");
+    let b2 = c.pod("b2");
+    for (pod, name) in [("b1", "b1"), ("b2", "b2")] {
+        // Greets with its name and the client address it sees.
+        let l = in_ns(&c.pod_netns(pod), || {
+            TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], 8080))).unwrap()
+        });
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                let peer = s
+                    .peer_addr()
+                    .map(|p| p.ip().to_string())
+                    .unwrap_or_default();
+                let _ = s.write_all(format!("{name} {peer}\n").as_bytes());
+            }
+        });
+    }
+    let np = "  type: NodePort\n";
+    let yaml = [
+        service("web", "10.96.2.10", 80, 8080, "TCP", np)
+            .replace("targetPort: 8080,", "targetPort: 8080, nodePort: 30080,"),
+        slice("web", 8080, "TCP", &[&b1, &b2]),
+        service("none", "10.96.2.11", 80, 8080, "TCP", np)
+            .replace("targetPort: 8080,", "targetPort: 8080, nodePort: 30081,"),
+    ]
+    .concat();
+    c.apply_ok(&yaml);
+    let outside = std::path::PathBuf::from(format!("/var/run/netns/cilium-{}-outside", c.name));
+    let mut seen = BTreeMap::<String, usize>::new();
+    for _ in 0..16 {
+        let r = in_ns(&outside, || {
+            cilium::cmd::probe::tcp("203.0.113.1:30080", None, std::time::Duration::from_secs(2))
+                .unwrap()
+        });
+        assert!(r.ok, "NodePort from outside: {r:?}");
+        assert_eq!(
+            r.peer.as_deref(),
+            Some("203.0.113.1:30080"),
+            "replies come from the frontend"
+        );
+        let resp = r.response.unwrap();
+        let (name, client) = resp.trim().split_once(' ').unwrap();
+        assert_eq!(
+            client, "203.0.113.2",
+            "the backend sees the real client address (no SNAT)"
+        );
+        *seen.entry(name.to_string()).or_default() += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "Maglev spreads flows over both backends: {seen:?}"
+    );
+
+    let before = c.metric(158, "INGRESS");
+    let r = in_ns(&outside, || {
+        cilium::cmd::probe::tcp(
+            "203.0.113.1:30081",
+            None,
+            std::time::Duration::from_millis(500),
+        )
+        .unwrap()
+    });
+    assert_eq!(
+        r.error.as_deref(),
+        Some("timeout"),
+        "no backends: dropped: {r:?}"
+    );
+    assert!(
+        c.metric(158, "INGRESS") > before,
+        "counted as 'Service backend not found'"
+    );
+}

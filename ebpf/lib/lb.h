@@ -129,3 +129,75 @@ struct {
 	__uint(max_entries, LB_REVERSE_SK_MAP_SIZE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilium_lb4_reverse_sk SEC(".maps");
+
+/* Maglev lookup tables of externally reachable services: (rev-NAT index, slot) -> backend. */
+#define LB_MAGLEV_MAP_SIZE (1 << 20)
+
+struct lb_maglev_key {
+	__u16 rev_nat_index;
+	__u16 pad;
+	__u32 index;
+};
+ASSERT_SIZE(struct lb_maglev_key, 8);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_maglev_key);
+	__type(value, __u32);
+	__uint(max_entries, LB_MAGLEV_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb_maglev SEC(".maps");
+
+/* NodePort connections: the client's tuple toward the frontend -> chosen backend, so
+ * every packet of a flow meets the same backend (and a removed one keeps its flows). */
+struct lb4_nat_key {
+	__be32 client;
+	__be32 frontend;
+	__be16 client_port;
+	__be16 frontend_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+ASSERT_SIZE(struct lb4_nat_key, 16);
+
+struct lb4_nat_val {
+	__be32 backend;
+	__be16 backend_port;
+	__u16 rev_nat_index;
+};
+ASSERT_SIZE(struct lb4_nat_val, 8);
+
+/* Replies: (backend, client) tuple -> the frontend to restore as the source. */
+struct lb4_rnat_key {
+	__be32 backend;
+	__be32 client;
+	__be16 backend_port;
+	__be16 client_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+ASSERT_SIZE(struct lb4_rnat_key, 16);
+
+struct lb4_rnat_val {
+	__be32 frontend;
+	__be16 frontend_port;
+	__u16 pad;
+};
+ASSERT_SIZE(struct lb4_rnat_val, 8);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_nat_key);
+	__type(value, struct lb4_nat_val);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb4_nat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_rnat_key);
+	__type(value, struct lb4_rnat_val);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb4_rnat SEC(".maps");

@@ -71,9 +71,28 @@ pub struct AgentConfig {
     /// (kube-proxy replacement); never the machine's root cgroup in tests.
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
+    /// Node devices facing outside: bpf_host is attached there and NodePort answers on
+    /// their addresses (Cilium's --devices), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Size of the Maglev tables (a prime: 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071).
+    #[arg(long, default_value_t = 16381, value_parser = parse_maglev_size)]
+    pub maglev_table_size: u32,
     /// How often expired connection tracking entries are removed.
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     pub ct_gc_interval: u64,
+}
+
+fn parse_maglev_size(s: &str) -> Result<u32, String> {
+    let n: usize = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if crate::lb::maglev::is_supported_size(n) {
+        Ok(n as u32)
+    } else {
+        Err(format!(
+            "{n} is not a supported Maglev table size; use one of {:?}",
+            crate::lb::maglev::SUPPORTED_SIZES
+        ))
+    }
 }
 
 /// Policy enforcement mode (Cilium's enable-policy).
@@ -128,6 +147,8 @@ pub struct AgentState {
     pub store: Option<store::Store>,
     pub policy: regen::PolicyState,
     pub lb: services::LbProgrammed,
+    /// IPv4 addresses of the node devices (NodePort frontends).
+    pub node_ips: Vec<Ipv4Addr>,
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
@@ -140,7 +161,7 @@ impl AgentState {
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
         let ipam = Ipam::new(config.pod_cidr, config.pod_cidr_v6)?;
         let endpoints = Endpoints::open(&config.state_dir)?;
-        let datapath = Datapath::load(&config.bpf_root)?;
+        let datapath = Datapath::load(&config.bpf_root, config.maglev_table_size)?;
         let netlink = Netlink::connect()?;
         let id_dir = config
             .identity_dir
@@ -163,8 +184,20 @@ impl AgentState {
             store,
             policy: Default::default(),
             lb: Default::default(),
+            node_ips: Vec::new(),
         };
         st.setup_host().await?;
+        for dev in st.config.devices.clone() {
+            let link = st.netlink.link_by_name(&dev).await?.ok_or_else(|| {
+                AgentError::BadRequest(format!(
+                    "device {dev} (from --devices) does not exist on this node"
+                ))
+            })?;
+            st.node_ips
+                .extend(st.netlink.addresses_v4(link.index).await?);
+            st.datapath.attach_device(&dev)?;
+            info!(device = %dev, "NodePort datapath attached");
+        }
         if let Some(cg) = st.config.cgroup_root.clone() {
             st.datapath.attach_cgroup(&cg)?;
             info!(cgroup = %cg.display(), "socket load balancer attached");
@@ -249,6 +282,7 @@ impl AgentState {
             }
         }
         self.lb.maps = self.datapath.lb_entries()?;
+        self.lb.maglev = self.datapath.maglev_entries()?;
         for (len, key, v) in self.datapath.policy_entries()? {
             self.policy.entries.insert(
                 (len, key),
@@ -469,10 +503,15 @@ impl AgentState {
             endpoints: self.endpoints.len(),
             ipam_used: self.ipam.v4.used(),
             bpf_root: self.config.bpf_root.display().to_string(),
-            kube_proxy_replacement: if self.config.cgroup_root.is_some() {
-                "True [socket LB: ClusterIP, ExternalIP, LoadBalancer; TCP and UDP; session affinity]".into()
-            } else {
-                "False".into()
+            kube_proxy_replacement: match (self.config.cgroup_root.is_some(), self.config.devices.is_empty()) {
+                (true, false) => format!(
+                    "True [socket LB (TCP, UDP, affinity); NodePort on {} (Maglev {}, no SNAT: local backends)]",
+                    self.config.devices.join(","),
+                    self.config.maglev_table_size
+                ),
+                (true, true) => "True [socket LB (TCP, UDP, affinity); no NodePort devices]".into(),
+                (false, false) => format!("Partial [NodePort on {}]", self.config.devices.join(",")),
+                (false, true) => "False".into(),
             },
             policy_revision: self.policy.generation.unwrap_or(0),
             last_regeneration_ms: self.policy.last_regeneration.as_secs_f64() * 1e3,

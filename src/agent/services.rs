@@ -1,7 +1,7 @@
 //! Services: the store's Services and EndpointSlices -> the LB maps, applied as a
 //! diff (new backends and slots before the master entry that counts them, removals
 //! after), so a change never exposes a half-written service.
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use tracing::info;
 
@@ -10,8 +10,8 @@ use crate::{
     datapath::{
         loader::LbMaps,
         maps::{
-            Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, LB_SCOPE_EXT, LB_SCOPE_INT, SVC_F_AFFINITY,
-            SVC_F_NODEPORT, SVC_F_SURROGATE, SVC_F_TWO_SCOPES,
+            Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, MaglevKey, LB_SCOPE_EXT, LB_SCOPE_INT,
+            SVC_F_AFFINITY, SVC_F_NODEPORT, SVC_F_SURROGATE, SVC_F_TWO_SCOPES,
         },
     },
     lb::{
@@ -25,6 +25,7 @@ use crate::{
 pub struct LbProgrammed {
     pub state: Option<LbState>,
     pub maps: LbMaps,
+    pub maglev: BTreeMap<MaglevKey, u32>,
 }
 
 fn v4(ip: IpAddr) -> Option<u32> {
@@ -132,11 +133,11 @@ pub fn desired_maps(state: &LbState) -> LbMaps {
 impl AgentState {
     /// Recomputes services from the snapshot and writes the difference to the maps.
     pub fn regenerate_services(&mut self, snap: &Snapshot) -> Result<usize, AgentError> {
-        let node_ips = [IpAddr::V4(self.router_v4())];
+        let node_ips: Vec<IpAddr> = self.node_ips.iter().map(|a| IpAddr::V4(*a)).collect();
         let node = NodeView {
             node_name: &self.config.node_name,
             node_ips: &node_ips,
-            nodeport_enabled: false,
+            nodeport_enabled: !self.config.devices.is_empty(),
         };
         let state = compute(&snap.services, &snap.slices, &node, self.lb.state.as_ref());
         let want = desired_maps(&state);
@@ -195,6 +196,56 @@ impl AgentState {
             self.datapath.lb_backend_remove(*id)?;
             writes += 1;
         }
+        // Maglev tables of externally reachable frontends (NodePort, LoadBalancer, ExternalIP).
+        let mut want_maglev = BTreeMap::new();
+        if !self.config.devices.is_empty() {
+            let m = self.config.maglev_table_size as usize;
+            for svc in state
+                .services
+                .iter()
+                .filter(|s| s.frontend.kind != FrontendKind::ClusterIP)
+            {
+                let backends = state.maglev_backends(svc);
+                if backends.is_empty() {
+                    continue;
+                }
+                match crate::lb::maglev::table(&backends, m) {
+                    Ok(t) => {
+                        for (i, b) in t.iter().enumerate() {
+                            want_maglev.insert(
+                                MaglevKey {
+                                    rev_nat_index: svc.id,
+                                    pad: 0,
+                                    index: i as u32,
+                                },
+                                b.0,
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, frontend = %svc.frontend, "no Maglev table")
+                    }
+                }
+            }
+        }
+        for (k, v) in &want_maglev {
+            if self.lb.maglev.get(k) != Some(v) {
+                self.datapath.maglev_put(*k, *v)?;
+                writes += 1;
+            }
+        }
+        let stale: Vec<MaglevKey> = self
+            .lb
+            .maglev
+            .keys()
+            .filter(|k| !want_maglev.contains_key(*k))
+            .copied()
+            .collect();
+        for k in &stale {
+            self.datapath.maglev_remove(k)?;
+            writes += 1;
+        }
+        self.lb.maglev = want_maglev;
         if writes > 0 {
             info!(
                 writes,

@@ -520,6 +520,8 @@ pub fn start_agent(node: &NodeSpec) -> Result<u32> {
                 .iter()
                 .flat_map(|c| [std::ffi::OsStr::new("--cgroup-root"), c.as_os_str()]),
         )
+        // The device to the "outside" namespace: NodePort answers there.
+        .args(["--devices", "cilium_ext"])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

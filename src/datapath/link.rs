@@ -203,6 +203,28 @@ impl Netlink {
             .map_err(nl(format!("deleting link #{index}")))
     }
 
+    /// IPv4 addresses of a link.
+    pub async fn addresses_v4(&self, index: u32) -> Result<Vec<Ipv4Addr>, LinkError> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl(format!("listing addresses of link #{index}")))?;
+        Ok(msgs
+            .iter()
+            .flat_map(|m| m.attributes.iter())
+            .filter_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V4(v4)) => Some(*v4),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Adds an address; an address that is already there is fine.
     pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), LinkError> {
         match self

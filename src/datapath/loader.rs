@@ -96,8 +96,12 @@ fn is_bpffs(p: &Path) -> bool {
 pub struct Datapath {
     ebpf: Ebpf,
     sock: Ebpf,
+    host: Ebpf,
     root: PathBuf,
 }
+
+const PROG_FROM_NETDEV: &str = "cil_from_netdev";
+const PROG_TO_NETDEV: &str = "cil_to_netdev";
 
 /// The socket LB programs and the cgroup hook each attaches to.
 const SOCK_PROGRAMS: [&str; 4] = [
@@ -136,8 +140,9 @@ fn link_err<'a>(
 }
 
 impl Datapath {
-    /// Loads bpf_lxc with its maps pinned (or re-opened) under `root`.
-    pub fn load(root: &Path) -> Result<Self> {
+    /// Loads bpf_lxc, bpf_sock and bpf_host with their maps pinned (or re-opened)
+    /// under `root`; `maglev_size` is the size of the Maglev tables the agent writes.
+    pub fn load(root: &Path, maglev_size: u32) -> Result<Self> {
         ensure_bpffs()?;
         for dir in [root.to_path_buf(), root.join("links")] {
             std::fs::create_dir_all(&dir)
@@ -150,6 +155,30 @@ impl Datapath {
                 object: "bpf_lxc.o",
                 source: Box::new(e),
             })?;
+        let mut host = EbpfLoader::new()
+            .default_map_pin_directory(root)
+            .override_global("MAGLEV_TABLE_SIZE", &maglev_size, true)
+            .load(super::BPF_HOST)
+            .map_err(|e| DatapathError::Load {
+                object: "bpf_host.o",
+                source: Box::new(e),
+            })?;
+        for name in [PROG_FROM_NETDEV, PROG_TO_NETDEV] {
+            let prog: &mut SchedClassifier = host
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|e| DatapathError::Program {
+                    op: "type check",
+                    program: name,
+                    source: Box::new(e),
+                })?;
+            prog.load().map_err(|e| DatapathError::Program {
+                op: "verifier load",
+                program: name,
+                source: Box::new(e),
+            })?;
+        }
         let mut sock = EbpfLoader::new()
             .default_map_pin_directory(root)
             .load(super::BPF_SOCK)
@@ -192,6 +221,7 @@ impl Datapath {
         Ok(Self {
             ebpf,
             sock,
+            host,
             root: root.to_path_buf(),
         })
     }
@@ -200,62 +230,55 @@ impl Datapath {
         &self.root
     }
 
-    fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram(name))?
-            .try_into()
-            .map_err(|e| DatapathError::Program {
-                op: "type check",
-                program: name,
+    /// Attaches (or, when pinned links exist already, atomically updates) both
+    /// programs on the host side of a pod link, and pins the links.
+    pub fn attach_endpoint(&mut self, host_ifname: &str) -> Result<()> {
+        attach_tcx(
+            &mut self.ebpf,
+            host_ifname,
+            link_pins(&self.root, host_ifname),
+        )
+    }
+
+    /// Attaches bpf_host (NodePort from outside) to a node device, pinned like pod links.
+    pub fn attach_device(&mut self, ifname: &str) -> Result<()> {
+        let links = self.root.join("links");
+        let pins = [
+            (
+                links.join(format!("dev_{ifname}_from")),
+                PROG_FROM_NETDEV,
+                TcAttachType::Ingress,
+            ),
+            (
+                links.join(format!("dev_{ifname}_to")),
+                PROG_TO_NETDEV,
+                TcAttachType::Egress,
+            ),
+        ];
+        attach_tcx(&mut self.host, ifname, pins)
+    }
+
+    /// Writes one Maglev table slot.
+    pub fn maglev_put(&mut self, key: MaglevKey, backend: u32) -> Result<()> {
+        typed_hash::<MaglevKey, u32>(&mut self.host, MAP_LB_MAGLEV)?
+            .insert(key, backend, 0)
+            .map_err(|e| DatapathError::Map {
+                map: MAP_LB_MAGLEV,
                 source: Box::new(e),
             })
     }
 
-    /// Attaches (or, when pinned links exist already, atomically updates) both
-    /// programs on the host side of a pod link, and pins the links.
-    pub fn attach_endpoint(&mut self, host_ifname: &str) -> Result<()> {
-        for (pin, name, attach_type) in link_pins(&self.root, host_ifname) {
-            let prog = self.program(name)?;
-            let prog_err = |op: &'static str| {
-                move |e| DatapathError::Program {
-                    op,
-                    program: name,
-                    source: Box::new(e),
-                }
-            };
-            // Adopt an existing link: swap in the freshly loaded program without a gap.
-            let mut adopted = None;
-            if pin.exists() {
-                let old = PinnedLink::from_pin(&pin).map_err(link_err("open", &pin))?;
-                let fd: FdLink = old.unpin().map_err(|e| DatapathError::Link {
-                    op: "unpin",
-                    path: pin.clone(),
-                    source: Box::new(e),
-                })?;
-                if let Ok(link) = SchedClassifierLink::try_from(fd) {
-                    adopted = prog.attach_to_link(link).ok();
-                }
-            }
-            let id = match adopted {
-                Some(id) => id,
-                None => prog
-                    .attach_with_options(
-                        host_ifname,
-                        attach_type,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(prog_err("TCX attach"))?,
-            };
-            let link = prog.take_link(id).map_err(prog_err("take link"))?;
-            let fd: FdLink = link.try_into().map_err(link_err("convert", &pin))?;
-            fd.pin(&pin).map_err(|e| DatapathError::Link {
-                op: "pin",
-                path: pin.clone(),
-                source: Box::new(e),
-            })?;
-        }
+    pub fn maglev_remove(&mut self, key: &MaglevKey) -> Result<()> {
+        let _ = typed_hash::<MaglevKey, u32>(&mut self.host, MAP_LB_MAGLEV)?.remove(key);
         Ok(())
+    }
+
+    /// Current Maglev entries (adoption after a restart).
+    pub fn maglev_entries(&mut self) -> Result<std::collections::BTreeMap<MaglevKey, u32>> {
+        Ok(typed_hash::<MaglevKey, u32>(&mut self.host, MAP_LB_MAGLEV)?
+            .iter()
+            .filter_map(|r| r.ok())
+            .collect())
     }
 
     /// Attaches the socket load balancer to a cgroup v2 directory with pinned links.
@@ -726,4 +749,64 @@ fn typed_hash<'a, K: aya::Pod, V: aya::Pod>(
         map: name,
         source: Box::new(e),
     })
+}
+
+fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(|e| DatapathError::Program {
+            op: "type check",
+            program: name,
+            source: Box::new(e),
+        })
+}
+
+/// Attaches tc programs with TCX through pinned links; an existing pinned link gets the
+/// freshly loaded program swapped in atomically (no gap in forwarding).
+fn attach_tcx(
+    ebpf: &mut Ebpf,
+    ifname: &str,
+    pins: [(PathBuf, &'static str, TcAttachType); 2],
+) -> Result<()> {
+    for (pin, name, attach_type) in pins {
+        let prog = tc_program(ebpf, name)?;
+        let prog_err = |op: &'static str| {
+            move |e| DatapathError::Program {
+                op,
+                program: name,
+                source: Box::new(e),
+            }
+        };
+        let mut adopted = None;
+        if pin.exists() {
+            let old = PinnedLink::from_pin(&pin).map_err(link_err("open", &pin))?;
+            let fd: FdLink = old.unpin().map_err(|e| DatapathError::Link {
+                op: "unpin",
+                path: pin.clone(),
+                source: Box::new(e),
+            })?;
+            if let Ok(link) = SchedClassifierLink::try_from(fd) {
+                adopted = prog.attach_to_link(link).ok();
+            }
+        }
+        let id = match adopted {
+            Some(id) => id,
+            None => prog
+                .attach_with_options(
+                    ifname,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(prog_err("TCX attach"))?,
+        };
+        let link = prog.take_link(id).map_err(prog_err("take link"))?;
+        let fd: FdLink = link.try_into().map_err(link_err("convert", &pin))?;
+        fd.pin(&pin).map_err(|e| DatapathError::Link {
+            op: "pin",
+            path: pin.clone(),
+            source: Box::new(e),
+        })?;
+    }
+    Ok(())
 }

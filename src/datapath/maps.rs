@@ -14,6 +14,7 @@ pub const MAP_EVENTS: &str = "cilium_events";
 pub const MAP_LB4_SERVICES: &str = "cilium_lb4_services";
 pub const MAP_LB4_BACKENDS: &str = "cilium_lb4_backends";
 pub const MAP_LB4_REVNAT: &str = "cilium_lb4_reverse_nat";
+pub const MAP_LB_MAGLEV: &str = "cilium_lb_maglev";
 
 /// Key of `cilium_lxc`: an IPv4 address in network byte order.
 #[repr(C)]
@@ -285,6 +286,15 @@ pub struct Lb4RevNat {
     pub pad: u16,
 }
 
+/// Key of `cilium_lb_maglev`: (rev-NAT index, table slot) -> backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevKey {
+    pub rev_nat_index: u16,
+    pub pad: u16,
+    pub index: u32,
+}
+
 // SAFETY: all of these are #[repr(C)] plain integers and byte arrays with explicit
 // padding fields, so every bit pattern is valid and there are no implicit holes.
 unsafe impl aya::Pod for EndpointKey {}
@@ -320,6 +330,8 @@ unsafe impl aya::Pod for Lb4Service {}
 unsafe impl aya::Pod for Lb4Backend {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Lb4RevNat {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MaglevKey {}
 
 const _: () = assert!(std::mem::size_of::<EndpointKey>() == 4);
 const _: () = assert!(std::mem::size_of::<EndpointInfo>() == 28);
@@ -340,6 +352,7 @@ const _: () = assert!(std::mem::size_of::<Lb4Key>() == 12);
 const _: () = assert!(std::mem::size_of::<Lb4Service>() == 12);
 const _: () = assert!(std::mem::size_of::<Lb4Backend>() == 12);
 const _: () = assert!(std::mem::size_of::<Lb4RevNat>() == 8);
+const _: () = assert!(std::mem::size_of::<MaglevKey>() == 8);
 
 /// Metric directions, as in ebpf/lib/common.h.
 pub const METRIC_INGRESS: u8 = 1;

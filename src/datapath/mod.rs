@@ -9,12 +9,18 @@ use sha2::{Digest, Sha256};
 
 /// The endpoint program (bpf_lxc.c), compiled by build.rs.
 pub static BPF_LXC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpf_lxc.o"));
+/// The node-device program (bpf_host.c: NodePort from outside), compiled by build.rs.
+pub static BPF_HOST: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpf_host.o"));
 /// The socket load balancer (bpf_sock.c), compiled by build.rs.
 pub static BPF_SOCK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpf_sock.o"));
 
 /// Every eBPF object embedded in the binary, by name.
 pub fn embedded_objects() -> Vec<(&'static str, &'static [u8])> {
-    vec![("bpf_lxc.o", BPF_LXC), ("bpf_sock.o", BPF_SOCK)]
+    vec![
+        ("bpf_lxc.o", BPF_LXC),
+        ("bpf_sock.o", BPF_SOCK),
+        ("bpf_host.o", BPF_HOST),
+    ]
 }
 
 /// A short content hash of an object, for `cilium version`.
