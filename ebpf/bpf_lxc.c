@@ -15,8 +15,8 @@
 #include "lib/policy.h"
 #include "lib/conntrack.h"
 #include "lib/events.h"
+#include "lib/nat.h"
 
-#define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 #define IP_TTL_OFF (ETH_HLEN + offsetof(struct iphdr, ttl))
 
 static __always_inline struct endpoint_info *lookup_self(struct __sk_buff *skb, __be32 *ip)
@@ -113,6 +113,33 @@ int cil_from_container(struct __sk_buff *skb)
 	if (f.saddr != self_ip)
 		return drop_flow(skb, DROP_INVALID_SIP, METRIC_EGRESS, self->lxc_id, self->sec_id, 0, &f);
 
+	/* Service translation for traffic that did not pass the socket hooks (a process
+	 * outside the cluster's cgroup): DNAT to a backend here, before policy, which
+	 * then sees the backend, as in Cilium. */
+	if (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP) {
+		struct lb4_key lkey = {};
+		struct lb4_service *svc = lb4_frontend_int(f.daddr, f.dport, f.proto, &lkey);
+
+		if (svc) {
+			struct iphdr *nip;
+			struct l4 l;
+
+			if (l4_parse(skb, &nip, &l) < 0)
+				return drop(skb, DROP_INVALID, METRIC_EGRESS);
+			err = lb4_dnat(skb, &l, f.saddr, f.daddr, svc, &lkey, 0);
+			if (err)
+				return drop_flow(skb, err, METRIC_EGRESS, self->lxc_id, self->sec_id, 0, &f);
+			data = (void *)(long)skb->data;
+			data_end = (void *)(long)skb->data_end;
+			ip4 = data + sizeof(struct ethhdr);
+			if ((void *)(ip4 + 1) > data_end || ip4->ihl < 5)
+				return drop(skb, DROP_INVALID, METRIC_EGRESS);
+			err = flow4_parse(skb, ip4, ETH_HLEN + ip4->ihl * 4, &f);
+			if (err)
+				return drop(skb, err, METRIC_EGRESS);
+		}
+	}
+
 	ct = ct_lookup4(&f, CT_EGRESS, len);
 	if (ct != CT_REPLY && !f.related) {
 		if (self->flags & (ENDPOINT_F_EGRESS_ENFORCED | ENDPOINT_F_EGRESS_DENIES)) {
@@ -182,6 +209,10 @@ int cil_to_container(struct __sk_buff *skb)
 		if (ct == CT_NEW)
 			ct_create4(&f, CT_INGRESS, src_id, len);
 	}
+	/* A reply of a flow translated in from-container gets the service address back. */
+	err = lb4_rev_dnat(skb);
+	if (err)
+		return drop(skb, err, METRIC_INGRESS);
 pass:
 	update_metrics(REASON_FORWARDED, METRIC_INGRESS, len);
 	return TC_ACT_OK;

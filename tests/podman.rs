@@ -92,8 +92,17 @@ fn podman_containers_get_network_and_reach_each_other() {
     let p = Podman::new(&c);
     let rootfs = p.rootfs();
 
+    // web answers "hi from web" on TCP 8080, one connection at a time, forever.
     let out = p.run(&[
-        "run", "-d", "--name", "web", "--rootfs", &rootfs, "sleep", "300",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--rootfs",
+        &rootfs,
+        "sh",
+        "-c",
+        "while true; do echo hi from web | nc -l -p 8080; done",
     ]);
     assert!(
         out.status.success(),
@@ -120,6 +129,29 @@ fn podman_containers_get_network_and_reach_each_other() {
     );
     assert!(stdout.contains("inet 10.230.0."), "{stdout}");
     assert!(stdout.contains("2 packets received"), "{stdout}");
+
+    // A ClusterIP in front of web: containers are not in the cluster's cgroup, so the
+    // per-packet (tc) load balancer in bpf_lxc translates their connection.
+    c.apply_ok(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: 10.96.3.10\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports:\n- {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n- addresses: [{web_ip}]\n"
+    ));
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "--name",
+        "client2",
+        "--rootfs",
+        &rootfs,
+        "sh",
+        "-c",
+        "nc 10.96.3.10 80 </dev/null",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("hi from web"),
+        "container -> ClusterIP: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // --rm triggered DEL for the client; rm -f triggers DEL for web: every address is released.
     let out = p.run(&["rm", "-f", "-t", "0", "web"]);

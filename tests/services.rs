@@ -153,6 +153,38 @@ fn clusterip_tcp_and_udp_spread_over_backends_and_show_the_service_address() {
         "counted as 'Service backend not found'"
     );
 
+    // A process outside the cluster's cgroup (this test) is translated per packet by
+    // bpf_lxc instead: same spread, same service address seen by the client.
+    let client_ns = c.pod_netns("client");
+    let mut tc_seen = BTreeMap::<String, usize>::new();
+    for _ in 0..16 {
+        let r = in_ns(&client_ns, || {
+            cilium::cmd::probe::tcp("10.96.0.10:80", None, std::time::Duration::from_secs(2))
+                .unwrap()
+        });
+        assert!(r.ok, "tc-level LB: {r:?}");
+        assert_eq!(r.peer.as_deref(), Some("10.96.0.10:80"));
+        *tc_seen
+            .entry(r.response.unwrap().trim().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(tc_seen.len(), 2, "tc-level LB spreads too: {tc_seen:?}");
+    let r = in_ns(&client_ns, || {
+        cilium::cmd::probe::udp(
+            "10.96.0.53:53",
+            "q",
+            false,
+            std::time::Duration::from_secs(2),
+        )
+        .unwrap()
+    });
+    assert!(r.ok, "tc-level LB over UDP: {r:?}");
+    assert_eq!(
+        r.peer.as_deref(),
+        Some("10.96.0.53:53"),
+        "the UDP reply comes from the service: {r:?}"
+    );
+
     // The backend address itself still works (no translation for it).
     let r = probe(&c, "client", &["tcp", &format!("{b1}:8080")]);
     assert_eq!(r["response"], "b1\n");
