@@ -98,6 +98,8 @@ fn podman_containers_get_network_and_reach_each_other() {
         "-d",
         "--name",
         "web",
+        "-p",
+        "8081:8080",
         "--rootfs",
         &rootfs,
         "sh",
@@ -153,6 +155,21 @@ fn podman_containers_get_network_and_reach_each_other() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The HostPort (podman -p 8081:8080, passed as runtimeConfig.portMappings) answers
+    // on the node's address from the "outside" namespace.
+    let outside = std::path::PathBuf::from(format!("/var/run/netns/cilium-{}-outside", c.name));
+    let r = in_ns(&outside, || {
+        cilium::cmd::probe::tcp("203.0.113.1:8081", None, std::time::Duration::from_secs(2))
+            .unwrap()
+    });
+    assert!(
+        r.response
+            .as_deref()
+            .unwrap_or_default()
+            .contains("hi from web"),
+        "HostPort from outside: {r:?}"
+    );
+
     // --rm triggered DEL for the client; rm -f triggers DEL for web: every address is released.
     let out = p.run(&["rm", "-f", "-t", "0", "web"]);
     assert!(
@@ -163,6 +180,11 @@ fn podman_containers_get_network_and_reach_each_other() {
     let st = c.json(&["status"]);
     assert_eq!(st["ipam_used"], 0, "podman rm released the addresses: {st}");
     assert_eq!(st["endpoints"], 0);
+    let svcs = c.json(&["service", "list"]).to_string();
+    assert!(
+        !svcs.contains("cilium-hostport"),
+        "the HostPort left with its pod: {svcs}"
+    );
     assert!(
         !c.node_links().iter().any(|l| l.starts_with("lxc")),
         "no pod links left: {:?}",

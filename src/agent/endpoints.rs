@@ -150,6 +150,7 @@ mod tests {
             identity: 0,
             ingress_enforced: false,
             egress_enforced: false,
+            port_mappings: vec![],
             state: "ready".into(),
         }
     }

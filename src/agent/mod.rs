@@ -397,6 +397,7 @@ impl AgentState {
             identity: 0,
             ingress_enforced: false,
             egress_enforced: false,
+            port_mappings: req.port_mappings,
             state: "ready".into(),
         };
         // Identity and policy first, so the pod's first packet is already enforced.

@@ -43,6 +43,20 @@ pub struct EndpointRequest {
     pub k8s_namespace: Option<String>,
     #[serde(default)]
     pub k8s_pod_name: Option<String>,
+    /// HostPort mappings from the runtime (CNI runtimeConfig.portMappings).
+    #[serde(default)]
+    pub port_mappings: Vec<HostPortMapping>,
+}
+
+/// One HostPort: traffic to a node address on `host_port` goes to the pod's `container_port`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostPortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    /// tcp, udp or sctp.
+    pub protocol: String,
+    #[serde(default)]
+    pub host_ip: Option<IpAddr>,
 }
 
 /// An endpoint as the agent keeps it (and persists it in its state directory).
@@ -73,6 +87,8 @@ pub struct Endpoint {
     pub ingress_enforced: bool,
     #[serde(default)]
     pub egress_enforced: bool,
+    #[serde(default)]
+    pub port_mappings: Vec<HostPortMapping>,
     pub state: String,
 }
 

@@ -15,7 +15,10 @@ use crate::{
         },
     },
     lb::{
-        model::Protocol,
+        model::{
+            AddressType, EndpointPort, EndpointSlice, Protocol, Service, ServicePort, ServiceType,
+            SliceEndpoint, TargetPort,
+        },
         state::{compute, BackendState, FrontendKind, LbState, NodeView, Scope},
     },
 };
@@ -130,7 +133,73 @@ pub fn desired_maps(state: &LbState) -> LbMaps {
     m
 }
 
+/// Namespace of the services that stand for HostPorts.
+pub const HOSTPORT_NAMESPACE: &str = "cilium-hostport";
+
 impl AgentState {
+    /// HostPorts as services: each mapping is a frontend on the node's addresses (or its
+    /// hostIP) whose one backend is the pod's container port, as Cilium models them.
+    fn host_port_services(&self, node_ips: &[IpAddr]) -> (Vec<Service>, Vec<EndpointSlice>) {
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for ep in self.endpoints.list() {
+            for m in &ep.port_mappings {
+                let Some(protocol) = Protocol::from_k8s(&m.protocol.to_ascii_uppercase()) else {
+                    continue;
+                };
+                let name = format!(
+                    "ep{}-{}-{}",
+                    ep.id,
+                    m.host_port,
+                    m.protocol.to_ascii_lowercase()
+                );
+                services.push(Service {
+                    namespace: HOSTPORT_NAMESPACE.into(),
+                    name: name.clone(),
+                    type_: ServiceType::ClusterIP,
+                    headless: false,
+                    cluster_ips: vec![],
+                    ports: vec![ServicePort {
+                        name: None,
+                        protocol,
+                        port: m.host_port,
+                        target_port: TargetPort::Number(m.container_port),
+                        node_port: None,
+                    }],
+                    external_ips: m
+                        .host_ip
+                        .map(|ip| vec![ip])
+                        .unwrap_or_else(|| node_ips.to_vec()),
+                    load_balancer_ips: vec![],
+                    session_affinity: None,
+                    external_traffic_local: false,
+                    internal_traffic_local: false,
+                    has_selector: false,
+                });
+                slices.push(EndpointSlice {
+                    namespace: HOSTPORT_NAMESPACE.into(),
+                    name: format!("{name}-1"),
+                    service_name: name,
+                    address_type: AddressType::Ipv4,
+                    ports: vec![EndpointPort {
+                        name: None,
+                        protocol,
+                        port: Some(m.container_port),
+                    }],
+                    endpoints: vec![SliceEndpoint {
+                        addresses: vec![IpAddr::V4(ep.ipv4)],
+                        ready: Some(true),
+                        serving: Some(true),
+                        terminating: Some(false),
+                        node_name: Some(self.config.node_name.clone()),
+                        zone: None,
+                    }],
+                });
+            }
+        }
+        (services, slices)
+    }
+
     /// Recomputes services from the snapshot and writes the difference to the maps.
     pub fn regenerate_services(&mut self, snap: &Snapshot) -> Result<usize, AgentError> {
         let node_ips: Vec<IpAddr> = self.node_ips.iter().map(|a| IpAddr::V4(*a)).collect();
@@ -139,7 +208,14 @@ impl AgentState {
             node_ips: &node_ips,
             nodeport_enabled: !self.config.devices.is_empty(),
         };
-        let state = compute(&snap.services, &snap.slices, &node, self.lb.state.as_ref());
+        let (hp_services, hp_slices) = self.host_port_services(&node_ips);
+        let state = if hp_services.is_empty() {
+            compute(&snap.services, &snap.slices, &node, self.lb.state.as_ref())
+        } else {
+            let services: Vec<_> = snap.services.iter().cloned().chain(hp_services).collect();
+            let slices: Vec<_> = snap.slices.iter().cloned().chain(hp_slices).collect();
+            compute(&services, &slices, &node, self.lb.state.as_ref())
+        };
         let want = desired_maps(&state);
         let have = std::mem::take(&mut self.lb.maps);
         let mut writes = 0;

@@ -188,7 +188,11 @@ impl Cluster {
         serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "cilium",
-            "plugins": [{ "type": "cilium-cni", "agentSocket": node.socket }],
+            "plugins": [{
+                "type": "cilium-cni",
+                "agentSocket": node.socket,
+                "capabilities": { "portMappings": true },
+            }],
         })
     }
 }

@@ -16,7 +16,7 @@ use super::spec::{
 use crate::{
     agent::{
         client::{Client, ClientError},
-        models::{owner, EndpointRequest, GcRequest, IpamResponse},
+        models::{owner, EndpointRequest, GcRequest, HostPortMapping, IpamResponse},
     },
     datapath::{
         link::{mac_string, LinkError, Netlink},
@@ -195,6 +195,17 @@ async fn add_inner(
             ipv6: None,
             k8s_namespace: env.pod_namespace().map(String::from),
             k8s_pod_name: env.pod_name().map(String::from),
+            port_mappings: conf
+                .runtime_config
+                .port_mappings
+                .iter()
+                .map(|m| HostPortMapping {
+                    host_port: m.host_port,
+                    container_port: m.container_port,
+                    protocol: m.protocol.clone(),
+                    host_ip: m.host_ip.as_deref().and_then(|ip| ip.parse().ok()),
+                })
+                .collect(),
         })
         .await
         .map_err(|e| client_error(socket, e))?;
