@@ -172,6 +172,24 @@ fn latency(prefix: &[&str], targets: &[String]) -> LatencyResult {
     }
 }
 
+/// Resident memory of the cluster's agent (from its pid in the cluster state).
+fn agent_rss(cluster: &str) -> u64 {
+    let state: serde_json::Value =
+        std::fs::read(format!("/var/run/cilium-local/{cluster}/cluster.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+    let pid = state["nodes"][0]["agent_pid"].as_u64().unwrap_or(0);
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn sample_targets(base: [u8; 2], n: usize) -> Vec<String> {
     // 200 services spread over the whole range (first, last and in between).
     (0..200)
@@ -190,6 +208,7 @@ struct Row {
     remove_one_ms: f64,
     ipt_restore: Duration,
     map_bytes: u64,
+    agent_rss_kib: u64,
 }
 
 fn run(n: usize) -> Row {
@@ -266,6 +285,7 @@ fn run(n: usize) -> Row {
     );
     let (_, remove_one_ms) = wait_services(&socket, n);
     let map_bytes = memlock(Path::new(&format!("/sys/fs/bpf/cilium-local-{name}/node1")));
+    let agent_rss_kib = agent_rss(&name);
 
     // Every measurement runs the same client code (`cilium probe --count`) in its own
     // process in the client's namespace; only ours runs inside the LB cgroup.
@@ -312,6 +332,7 @@ fn run(n: usize) -> Row {
         remove_one_ms,
         ipt_restore,
         map_bytes,
+        agent_rss_kib,
     }
 }
 
@@ -348,24 +369,26 @@ fn main() {
     }
     println!("\nprogramming:");
     println!(
-        "{:>7}  {:>22}  {:>18}  {:>14}  {:>14}  {:>18}",
+        "{:>7}  {:>22}  {:>18}  {:>14}  {:>14}  {:>18}  {:>12}",
         "svcs",
         "ours all (wall/agent)",
         "iptables-restore",
         "add one (agent)",
         "remove one",
-        "LB map memlock"
+        "LB map memlock",
+        "agent RSS"
     );
     for r in &rows {
         println!(
-            "{:>7}  {:>10.0} ms/{:>6.0} ms  {:>15.0} ms  {:>11.1} ms  {:>11.1} ms  {:>15.1} KiB",
+            "{:>7}  {:>10.0} ms/{:>6.0} ms  {:>15.0} ms  {:>11.1} ms  {:>11.1} ms  {:>15.1} KiB  {:>8.1} MiB",
             r.n,
             r.program_all.as_secs_f64() * 1e3,
             r.program_all_agent_ms,
             r.ipt_restore.as_secs_f64() * 1e3,
             r.add_one_ms,
             r.remove_one_ms,
-            r.map_bytes as f64 / 1024.0
+            r.map_bytes as f64 / 1024.0,
+            r.agent_rss_kib as f64 / 1024.0
         );
     }
     for r in &rows {

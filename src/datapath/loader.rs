@@ -148,76 +148,20 @@ impl Datapath {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| DatapathError::Dir { path: dir, source })?;
         }
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(root)
-            .load(super::BPF_LXC)
-            .map_err(|e| DatapathError::Load {
-                object: "bpf_lxc.o",
-                source: Box::new(e),
-            })?;
-        let mut host = EbpfLoader::new()
-            .default_map_pin_directory(root)
-            .override_global("MAGLEV_TABLE_SIZE", &maglev_size, true)
-            .load(super::BPF_HOST)
-            .map_err(|e| DatapathError::Load {
-                object: "bpf_host.o",
-                source: Box::new(e),
-            })?;
-        for name in [PROG_FROM_NETDEV, PROG_TO_NETDEV] {
-            let prog: &mut SchedClassifier = host
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
-                .map_err(|e| DatapathError::Program {
-                    op: "type check",
-                    program: name,
-                    source: Box::new(e),
-                })?;
-            prog.load().map_err(|e| DatapathError::Program {
-                op: "verifier load",
-                program: name,
-                source: Box::new(e),
-            })?;
-        }
-        let mut sock = EbpfLoader::new()
-            .default_map_pin_directory(root)
-            .load(super::BPF_SOCK)
-            .map_err(|e| DatapathError::Load {
-                object: "bpf_sock.o",
-                source: Box::new(e),
-            })?;
-        for name in SOCK_PROGRAMS {
-            let prog: &mut CgroupSockAddr = sock
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
-                .map_err(|e| DatapathError::Program {
-                    op: "type check",
-                    program: name,
-                    source: Box::new(e),
-                })?;
-            prog.load().map_err(|e| DatapathError::Program {
-                op: "verifier load",
-                program: name,
-                source: Box::new(e),
-            })?;
-        }
-        for name in [PROG_FROM_CONTAINER, PROG_TO_CONTAINER] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
-                .map_err(|e| DatapathError::Program {
-                    op: "type check",
-                    program: name,
-                    source: Box::new(e),
-                })?;
-            prog.load().map_err(|e| DatapathError::Program {
-                op: "verifier load",
-                program: name,
-                source: Box::new(e),
-            })?;
-        }
+        let mut ebpf = open_object(root, super::BPF_LXC, "bpf_lxc.o", None)?;
+        load_programs(
+            &mut ebpf,
+            &[PROG_FROM_CONTAINER, PROG_TO_CONTAINER],
+            SchedClassifier::load,
+        )?;
+        let mut host = open_object(root, super::BPF_HOST, "bpf_host.o", Some(maglev_size))?;
+        load_programs(
+            &mut host,
+            &[PROG_FROM_NETDEV, PROG_TO_NETDEV],
+            SchedClassifier::load,
+        )?;
+        let mut sock = open_object(root, super::BPF_SOCK, "bpf_sock.o", None)?;
+        load_programs(&mut sock, &SOCK_PROGRAMS, CgroupSockAddr::load)?;
         Ok(Self {
             ebpf,
             sock,
@@ -805,6 +749,52 @@ fn attach_tcx(
         fd.pin(&pin).map_err(|e| DatapathError::Link {
             op: "pin",
             path: pin.clone(),
+            source: Box::new(e),
+        })?;
+    }
+    Ok(())
+}
+
+/// Opens an embedded object with its maps pinned (or re-opened) by name under `root`.
+fn open_object(
+    root: &Path,
+    bytes: &[u8],
+    object: &'static str,
+    maglev_size: Option<u32>,
+) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(root);
+    if let Some(m) = maglev_size.as_ref() {
+        loader.override_global("MAGLEV_TABLE_SIZE", m, true);
+    }
+    loader.load(bytes).map_err(|e| DatapathError::Load {
+        object,
+        source: Box::new(e),
+    })
+}
+
+/// Runs each named program of an object through the verifier.
+fn load_programs<T>(
+    ebpf: &mut Ebpf,
+    names: &[&'static str],
+    load: fn(&mut T) -> std::result::Result<(), aya::programs::ProgramError>,
+) -> Result<()>
+where
+    for<'a> &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    for &name in names {
+        let prog: &mut T = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(|e| DatapathError::Program {
+                op: "type check",
+                program: name,
+                source: Box::new(e),
+            })?;
+        load(prog).map_err(|e| DatapathError::Program {
+            op: "verifier load",
+            program: name,
             source: Box::new(e),
         })?;
     }
