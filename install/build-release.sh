@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target="$(rustc -vV | sed -n 's/^host: //p')"
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target"
-bin="target/$target/release/cilium"
+bin="${CARGO_TARGET_DIR:-target}/$target/release/cilium"
 if ldd "$bin" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; then
   echo "static binary: $bin ($(stat -c %s "$bin") bytes)"
 else
