@@ -108,12 +108,12 @@ fn main() {
         ],
     );
     let socket = format!("/var/run/cilium-local/{CLUSTER}/nodes/node1/cilium.sock");
-    let node_ns = format!("/var/run/netns/cilium-{CLUSTER}-node1");
+    let node_ns = format!("/var/run/netns/cilium-{CLUSTER}.node1");
 
     // CNI ADD latency over 100 sequential pods (the plugin process, end to end).
     let mut adds = Vec::new();
     for i in 0..PODS {
-        let name = format!("cilium-{CLUSTER}-pod-p{i}");
+        let name = format!("cilium-{CLUSTER}.pod-p{i}");
         sh("ip", &["netns", "add", &name]);
         adds.push(cni(
             "ADD",
@@ -127,14 +127,14 @@ fn main() {
     sorted.sort();
 
     // Throughput: pod p0 <- pod p1 through bpf_lxc.
-    let p0 = format!("/var/run/netns/cilium-{CLUSTER}-pod-p0");
-    let p1 = format!("/var/run/netns/cilium-{CLUSTER}-pod-p1");
+    let p0 = format!("/var/run/netns/cilium-{CLUSTER}.pod-p0");
+    let p1 = format!("/var/run/netns/cilium-{CLUSTER}.pod-p1");
     let bpf = iperf(&p0, &p1, "10.240.0.2");
 
     // Bare veth pair, no programs, same run.
     let (a, b) = (
-        format!("cilium-{CLUSTER}-bare-a"),
-        format!("cilium-{CLUSTER}-bare-b"),
+        format!("cilium-{CLUSTER}.bare-a"),
+        format!("cilium-{CLUSTER}.bare-b"),
     );
     sh("ip", &["netns", "add", &a]);
     sh("ip", &["netns", "add", &b]);
@@ -163,7 +163,7 @@ fn main() {
     // DEL latency while tearing down.
     let mut dels = Vec::new();
     for i in 0..PODS {
-        let name = format!("/var/run/netns/cilium-{CLUSTER}-pod-p{i}");
+        let name = format!("/var/run/netns/cilium-{CLUSTER}.pod-p{i}");
         dels.push(cni("DEL", &format!("ctr{i}"), &name, &socket, &node_ns));
     }
     dels.sort();

@@ -260,8 +260,8 @@ fn main() {
         "sleep",
         "infinity",
     ]);
-    let srv = Path::new("/var/run/netns/cilium-bench2-pod-srv");
-    let cli = Path::new("/var/run/netns/cilium-bench2-pod-cli");
+    let srv = Path::new("/var/run/netns/cilium-bench2.pod-srv");
+    let cli = Path::new("/var/run/netns/cilium-bench2.pod-cli");
     let ip = "10.241.0.2";
     let rr0 = tcp_rr(cli, srv, ip, 7000, 3);
     let bw0 = iperf(cli, srv, ip);

@@ -228,7 +228,7 @@ fn run(n: usize) -> Row {
         None,
     );
     let socket = format!("/var/run/cilium-local/{name}/nodes/node1/cilium.sock");
-    let netns = |p: &str| PathBuf::from(format!("/var/run/netns/cilium-{name}-pod-{p}"));
+    let netns = |p: &str| PathBuf::from(format!("/var/run/netns/cilium-{name}.pod-{p}"));
     let mut backends = Vec::new();
     for b in ["b1", "b2", "b3"] {
         let out = cilium(

@@ -278,3 +278,22 @@ fn local_down_leaves_nothing_behind() {
     );
     assert!(!std::path::Path::new("/var/run/cilium-local/t-down").exists());
 }
+
+#[test]
+fn down_of_one_cluster_spares_a_cluster_whose_name_extends_it() {
+    if !privileged() {
+        return;
+    }
+    let long = LocalCluster::up("t-pre-x", "10.225.0.0/24");
+    let ip = long.pod("a");
+    {
+        let _short = LocalCluster::up("t-pre", "10.226.0.0/24");
+    }
+    // `local down --name t-pre` ran (twice): t-pre-x keeps its namespaces and agent.
+    assert!(
+        long.node_netns().exists(),
+        "t-pre-x's node namespace survived"
+    );
+    assert!(long.ping("a", &ip), "t-pre-x's pod still has its network");
+    assert_eq!(long.json(&["status"])["endpoints"], 1);
+}

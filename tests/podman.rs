@@ -157,7 +157,7 @@ fn podman_containers_get_network_and_reach_each_other() {
 
     // The HostPort (podman -p 8081:8080, passed as runtimeConfig.portMappings) answers
     // on the node's address from the "outside" namespace.
-    let outside = std::path::PathBuf::from(format!("/var/run/netns/cilium-{}-outside", c.name));
+    let outside = std::path::PathBuf::from(format!("/var/run/netns/cilium-{}.outside", c.name));
     let r = in_ns(&outside, || {
         cilium::cmd::probe::tcp("203.0.113.1:8081", None, std::time::Duration::from_secs(2))
             .unwrap()

@@ -241,7 +241,7 @@ fn egress_cidr_to_outside_and_kubernetes_network_policy() {
     }
     let c = LocalCluster::up("t-pol-cidr", "10.216.0.0/24");
     run_pod(&c, "client", "app=client");
-    let outside = std::path::PathBuf::from(format!("/var/run/netns/cilium-{}-outside", c.name));
+    let outside = std::path::PathBuf::from(format!("/var/run/netns/cilium-{}.outside", c.name));
     let _l = listen(&outside, 80);
     assert!(
         tcp(&c, "client", "203.0.113.2", 80),

@@ -185,6 +185,22 @@ fn clusterip_tcp_and_udp_spread_over_backends_and_show_the_service_address() {
         "the UDP reply comes from the service: {r:?}"
     );
 
+    // The load balancer keeps working while the agent is down, and after it restarts.
+    ok(&["local", "restart-agent", "--cluster", &c.name, "--stop"]);
+    let r = probe(&c, "client", &["tcp", "10.96.0.10:80"]);
+    assert_eq!(
+        r["peer"], "10.96.0.10:80",
+        "agent down: still translated: {r}"
+    );
+    ok(&["local", "restart-agent", "--cluster", &c.name]);
+    let r = probe(&c, "client", &["tcp", "10.96.0.10:80"]);
+    assert_eq!(r["peer"], "10.96.0.10:80", "agent back: {r}");
+    assert_eq!(
+        c.json(&["service", "list"]).as_array().unwrap().len(),
+        3,
+        "services adopted"
+    );
+
     // The backend address itself still works (no translation for it).
     let r = probe(&c, "client", &["tcp", &format!("{b1}:8080")]);
     assert_eq!(r["response"], "b1\n");
@@ -315,7 +331,7 @@ fn nodeport_from_outside_spreads_with_maglev_and_keeps_the_client_address() {
     ]
     .concat();
     c.apply_ok(&yaml);
-    let outside = std::path::PathBuf::from(format!("/var/run/netns/cilium-{}-outside", c.name));
+    let outside = std::path::PathBuf::from(format!("/var/run/netns/cilium-{}.outside", c.name));
     let mut seen = BTreeMap::<String, usize>::new();
     for _ in 0..16 {
         let r = in_ns(&outside, || {

@@ -78,7 +78,7 @@ pub fn check_name(kind: &str, name: &str) -> Result<()> {
 }
 
 fn netns_name(cluster: &str, what: &str) -> String {
-    format!("cilium-{cluster}-{what}")
+    format!("cilium-{cluster}.{what}")
 }
 
 impl Cluster {
@@ -626,7 +626,7 @@ pub async fn down(name: &str) -> Result<Vec<String>> {
         removed.push(format!("pins {}", bpf.display()));
     }
     // Every namespace of the cluster, including ones a crashed command left behind.
-    let prefix = format!("cilium-{name}-");
+    let prefix = format!("cilium-{name}.");
     if let Ok(rd) = std::fs::read_dir(NETNS_DIR) {
         for e in rd.flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {

@@ -70,11 +70,11 @@ impl LocalCluster {
     }
 
     pub fn node_netns(&self) -> PathBuf {
-        PathBuf::from(format!("/var/run/netns/cilium-{}-node1", self.name))
+        PathBuf::from(format!("/var/run/netns/cilium-{}.node1", self.name))
     }
 
     pub fn pod_netns(&self, pod: &str) -> PathBuf {
-        PathBuf::from(format!("/var/run/netns/cilium-{}-pod-{pod}", self.name))
+        PathBuf::from(format!("/var/run/netns/cilium-{}.pod-{pod}", self.name))
     }
 
     pub fn bpf_root(&self) -> String {
