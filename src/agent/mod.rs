@@ -71,6 +71,10 @@ pub struct AgentConfig {
     /// (kube-proxy replacement); never the machine's root cgroup in tests.
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
+    /// This node's address on the network between nodes (native routing: other nodes'
+    /// pod CIDRs are routed via their node addresses).
+    #[arg(long)]
+    pub node_ip: Option<Ipv4Addr>,
     /// Node devices facing outside: bpf_host is attached there and NodePort answers on
     /// their addresses (Cilium's --devices), comma-separated.
     #[arg(long, value_delimiter = ',')]
@@ -149,6 +153,8 @@ pub struct AgentState {
     pub lb: services::LbProgrammed,
     /// IPv4 addresses of the node devices (NodePort frontends).
     pub node_ips: Vec<Ipv4Addr>,
+    /// The link holding `--node-ip` (routes to other nodes go out there).
+    pub underlay_link: Option<u32>,
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
@@ -185,8 +191,10 @@ impl AgentState {
             policy: Default::default(),
             lb: Default::default(),
             node_ips: Vec::new(),
+            underlay_link: None,
         };
         st.setup_host().await?;
+        st.announce_node().await?;
         for dev in st.config.devices.clone() {
             let link = st.netlink.link_by_name(&dev).await?.ok_or_else(|| {
                 AgentError::BadRequest(format!(
@@ -270,6 +278,32 @@ impl AgentState {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Finds the link of `--node-ip` and announces this node in the store (CiliumNode).
+    async fn announce_node(&mut self) -> Result<(), AgentError> {
+        let Some(ip) = self.config.node_ip else {
+            return Ok(());
+        };
+        for l in self.netlink.links().await? {
+            if self.netlink.addresses_v4(l.index).await?.contains(&ip) {
+                self.underlay_link = Some(l.index);
+            }
+        }
+        if self.underlay_link.is_none() {
+            return Err(AgentError::BadRequest(format!(
+                "--node-ip {ip} is not an address of any link on this node"
+            )));
+        }
+        if let Some(store) = &self.store {
+            store.put_node(&store::NodeObject {
+                name: self.config.node_name.clone(),
+                ip,
+                pod_cidr: self.config.pod_cidr,
+            })?;
+        }
+        info!(node_ip = %ip, "node announced");
         Ok(())
     }
 

@@ -40,6 +40,10 @@ pub struct PolicyState {
     pub per_endpoint: BTreeMap<u16, EndpointPolicy>,
     pub identities: Vec<IdentityInfo>,
     pub regenerations: u64,
+    /// Routes to other nodes' pod CIDRs: CIDR -> node address.
+    pub node_routes: BTreeMap<Ipv4Net, Ipv4Addr>,
+    /// What this node last published of its endpoints.
+    pub published: Option<Vec<crate::agent::store::RemoteEndpoint>>,
     /// How long the last regeneration took.
     pub last_regeneration: std::time::Duration,
     /// Identities this node holds a reference on, by labels.
@@ -204,6 +208,24 @@ impl AgentState {
             }
         }
         want_ipcache.insert(host_net(self.router_v4()), reserved::HOST);
+        // Other nodes: their addresses are remote-node, their endpoints carry their identities.
+        let me = self.config.node_name.clone();
+        for n in &snap.nodes {
+            let id = if n.name == me {
+                reserved::HOST
+            } else {
+                reserved::REMOTE_NODE
+            };
+            want_ipcache.insert(host_net(n.ip), id);
+        }
+        for (node, eps) in &snap.endpoints {
+            if node == &me || !snap.nodes.iter().any(|n| &n.name == node) {
+                continue;
+            }
+            for e in eps {
+                want_ipcache.insert(host_net(e.ip), e.identity);
+            }
+        }
         for ep in &eps {
             want_ipcache.insert(host_net(ep.ipv4), ep.identity);
         }
@@ -259,8 +281,10 @@ impl AgentState {
             per_endpoint.insert(ep.id, pol);
         }
 
-        // 5. Apply: ipcache, new/changed policy entries, endpoint flags, then removals.
+        // 5. Apply: routes to other nodes, ipcache, new/changed policy entries, endpoint
+        //    flags, then removals.
         let mut writes = self.regenerate_services(&snap)?;
+        writes += self.regenerate_routes(&snap).await?;
         for (net, id) in &want_ipcache {
             if self.policy.ipcache.get(net) != Some(id) {
                 self.datapath.ipcache_upsert(*net, *id)?;
@@ -326,11 +350,72 @@ impl AgentState {
         self.policy.rules = rules;
         self.policy.generation = Some(snap.generation);
         self.policy.regenerations += 1;
+        self.publish_endpoints()?;
         self.policy.last_regeneration = started.elapsed();
         if writes > 0 {
             info!(writes, generation = snap.generation, "datapath regenerated");
         } else {
             debug!(generation = snap.generation, "regeneration: no change");
+        }
+        Ok(())
+    }
+
+    /// Native routing: each other node's pod CIDR via its address; routes of nodes that
+    /// left are removed.
+    async fn regenerate_routes(&mut self, snap: &Snapshot) -> Result<usize, AgentError> {
+        let Some(link) = self.underlay_link else {
+            return Ok(0);
+        };
+        let want: BTreeMap<Ipv4Net, Ipv4Addr> = snap
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.config.node_name)
+            .map(|n| (n.pod_cidr, n.ip))
+            .collect();
+        let mut writes = 0;
+        for (cidr, via) in &want {
+            if self.policy.node_routes.get(cidr) != Some(via) {
+                self.netlink
+                    .replace_route_v4(cidr.network(), cidr.prefix_len(), link, Some(*via), None)
+                    .await?;
+                writes += 1;
+            }
+        }
+        for cidr in self
+            .policy
+            .node_routes
+            .keys()
+            .filter(|c| !want.contains_key(*c))
+        {
+            let msg_err = self
+                .netlink
+                .delete_route_v4_via(cidr.network(), cidr.prefix_len(), link)
+                .await;
+            if let Err(e) = msg_err {
+                warn!(error = %e, %cidr, "removing the route of a node that left");
+            }
+            writes += 1;
+        }
+        self.policy.node_routes = want;
+        Ok(writes)
+    }
+
+    /// Publishes this node's endpoints (address, identity) for the other nodes' ipcache.
+    fn publish_endpoints(&mut self) -> Result<(), AgentError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let eps: Vec<crate::agent::store::RemoteEndpoint> = self
+            .endpoints
+            .list()
+            .map(|e| crate::agent::store::RemoteEndpoint {
+                ip: e.ipv4,
+                identity: e.identity,
+            })
+            .collect();
+        if self.policy.published.as_ref() != Some(&eps) {
+            store.put_endpoints(&self.config.node_name, &eps)?;
+            self.policy.published = Some(eps);
         }
         Ok(())
     }

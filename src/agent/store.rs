@@ -42,6 +42,21 @@ pub struct PodObject {
     pub named_ports: BTreeMap<String, String>,
 }
 
+/// A node of the cluster as its agent announces it (Cilium's CiliumNode, reduced).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeObject {
+    pub name: String,
+    pub ip: std::net::Ipv4Addr,
+    pub pod_cidr: ipnet::Ipv4Net,
+}
+
+/// An endpoint as its node publishes it for the others (address and identity).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteEndpoint {
+    pub ip: std::net::Ipv4Addr,
+    pub identity: u32,
+}
+
 /// Everything in the store at one generation.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -51,6 +66,9 @@ pub struct Snapshot {
     pub policies: Vec<PolicyObject>,
     pub services: Vec<crate::lb::model::Service>,
     pub slices: Vec<crate::lb::model::EndpointSlice>,
+    pub nodes: Vec<NodeObject>,
+    /// Endpoints published by each node.
+    pub endpoints: BTreeMap<String, Vec<RemoteEndpoint>>,
 }
 
 pub struct Store {
@@ -94,7 +112,14 @@ struct Doc {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        for sub in ["pods", "namespaces", "policies", "services"] {
+        for sub in [
+            "pods",
+            "namespaces",
+            "policies",
+            "services",
+            "nodes",
+            "endpoints",
+        ] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(io(&p))?;
         }
@@ -116,15 +141,29 @@ impl Store {
             .unwrap_or(0)
     }
 
+    /// Increments the generation under an exclusive lock: several agents and the CLI
+    /// write the store at once.
     fn bump(&self) -> Result<(), StoreError> {
+        let lock_path = self.dir.join(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(
+            |(_, e)| StoreError::Io {
+                path: lock_path.clone(),
+                source: e.into(),
+            },
+        )?;
         let path = self.dir.join("generation");
-        let tmp = self.dir.join(".generation.tmp");
-        std::fs::write(&tmp, (self.generation() + 1).to_string()).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+        Self::write_atomic(&path, (self.generation() + 1).to_string().as_bytes())
     }
 
+    /// Writes through a temporary file unique to this process, then renames.
     fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-        let tmp = path.with_extension("tmp");
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
         std::fs::rename(&tmp, path).map_err(io(path))
     }
@@ -139,6 +178,28 @@ impl Store {
         let bytes =
             serde_json::to_vec_pretty(pod).map_err(|e| StoreError::Invalid(e.to_string()))?;
         Self::write_atomic(&self.pod_path(&pod.namespace, &pod.name), &bytes)?;
+        self.bump()
+    }
+
+    /// Announces a node (its agent does this at start).
+    pub fn put_node(&self, node: &NodeObject) -> Result<(), StoreError> {
+        let bytes =
+            serde_json::to_vec_pretty(node).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Self::write_atomic(
+            &self.dir.join("nodes").join(format!("{}.json", node.name)),
+            &bytes,
+        )?;
+        self.bump()
+    }
+
+    /// Publishes a node's endpoints for the other nodes.
+    pub fn put_endpoints(&self, node: &str, eps: &[RemoteEndpoint]) -> Result<(), StoreError> {
+        let bytes =
+            serde_json::to_vec_pretty(eps).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Self::write_atomic(
+            &self.dir.join("endpoints").join(format!("{node}.json")),
+            &bytes,
+        )?;
         self.bump()
     }
 
@@ -309,6 +370,26 @@ impl Store {
             let labels: BTreeMap<String, String> =
                 serde_yaml::from_value(v["metadata"]["labels"].clone()).unwrap_or_default();
             snap.namespaces.insert(name, labels);
+        }
+        for path in sorted_files(&self.dir.join("nodes"), "json")? {
+            let b = std::fs::read(&path).map_err(io(&path))?;
+            snap.nodes.push(
+                serde_json::from_slice(&b)
+                    .map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display())))?,
+            );
+        }
+        for path in sorted_files(&self.dir.join("endpoints"), "json")? {
+            let b = std::fs::read(&path).map_err(io(&path))?;
+            let node = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            snap.endpoints.insert(
+                node,
+                serde_json::from_slice(&b)
+                    .map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display())))?,
+            );
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let mut seen = std::collections::HashSet::new();

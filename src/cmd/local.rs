@@ -41,6 +41,12 @@ pub struct NodeSpec {
     /// cgroup v2 directory of the node's pods (socket load balancing attaches here).
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// Address on the underlay between nodes.
+    #[serde(default)]
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// Devices the agent attaches bpf_host to (NodePort).
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,8 +285,36 @@ fn self_exe() -> Result<PathBuf> {
 /// Options of `cilium local up`.
 pub struct UpOptions {
     pub name: String,
+    /// The cluster's pod CIDR pool: one node uses it whole, several get a /24 each.
     pub pod_cidr: ipnet::Ipv4Net,
+    pub nodes: usize,
     pub timeout: Duration,
+}
+
+/// Splits the pod CIDR pool over the nodes: the whole pool for one node, a /24 each
+/// otherwise.
+pub fn node_cidrs(pool: ipnet::Ipv4Net, nodes: usize) -> Result<Vec<ipnet::Ipv4Net>> {
+    if nodes == 0 || nodes > 200 {
+        bail!("--nodes must be between 1 and 200");
+    }
+    if nodes == 1 {
+        return Ok(vec![pool]);
+    }
+    let subnets: Vec<ipnet::Ipv4Net> = pool
+        .subnets(24)
+        .map(|s| s.take(nodes).collect())
+        .unwrap_or_default();
+    if subnets.len() < nodes {
+        bail!(
+            "pod CIDR {pool} has no room for {nodes} nodes with a /24 each: give a larger pool, e.g. --pod-cidr 10.200.0.0/16"
+        );
+    }
+    Ok(subnets)
+}
+
+/// The underlay address of node k (1-based), in TEST-NET-1.
+fn node_ip(k: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(192, 0, 2, 10 + k as u8)
 }
 
 pub async fn up(opts: UpOptions) -> Result<Cluster> {
@@ -311,38 +345,55 @@ pub async fn up(opts: UpOptions) -> Result<Cluster> {
 }
 
 async fn up_inner(opts: &UpOptions, dir: &Path) -> Result<Cluster> {
-    let node_name = "node1".to_string();
-    let node_dir = dir.join("nodes").join(&node_name);
-    std::fs::create_dir_all(&node_dir)?;
-    let ns = add_netns(&netns_name(&opts.name, &node_name)).await?;
+    let cidrs = node_cidrs(opts.pod_cidr, opts.nodes)?;
+    let underlay = add_netns(&netns_name(&opts.name, "underlay")).await?;
     let outside = add_netns(&netns_name(&opts.name, "outside")).await?;
-    connect_outside(&ns, &outside, opts.pod_cidr).await?;
-    let mut node = NodeSpec {
-        name: node_name.clone(),
-        netns: ns,
-        socket: node_dir.join("cilium.sock"),
-        bpf_root: Path::new(BPF_DIR)
-            .join(format!("cilium-local-{}", opts.name))
-            .join(&node_name),
-        state_dir: node_dir.join("state"),
-        log: node_dir.join("agent.log"),
-        pod_cidr: opts.pod_cidr,
-        agent_pid: None,
-        cgroup: Some(create_cgroup(&opts.name)?),
-    };
     let mut cluster = Cluster {
         name: opts.name.clone(),
         dir: dir.to_path_buf(),
         nodes: vec![],
     };
-    // Written before the agent starts so `down` finds everything even if the start fails.
-    cluster.nodes.push(node.clone());
+    for (k, cidr) in cidrs.iter().enumerate() {
+        let node_name = format!("node{}", k + 1);
+        let node_dir = dir.join("nodes").join(&node_name);
+        std::fs::create_dir_all(&node_dir)?;
+        let ns = add_netns(&netns_name(&opts.name, &node_name)).await?;
+        connect_underlay(&underlay, &ns, k + 1).await?;
+        let mut devices = Vec::new();
+        if k == 0 {
+            // The "outside" hangs off the first node; it reaches every pod through it.
+            connect_outside(&ns, &outside, opts.pod_cidr).await?;
+            devices.push("cilium_ext".to_string());
+        } else {
+            route_outside_via_first(&ns).await?;
+        }
+        cluster.nodes.push(NodeSpec {
+            name: node_name.clone(),
+            netns: ns,
+            socket: node_dir.join("cilium.sock"),
+            bpf_root: Path::new(BPF_DIR)
+                .join(format!("cilium-local-{}", opts.name))
+                .join(&node_name),
+            state_dir: node_dir.join("state"),
+            log: node_dir.join("agent.log"),
+            pod_cidr: *cidr,
+            agent_pid: None,
+            cgroup: Some(create_cgroup(&opts.name, &node_name)?),
+            node_ip: Some(node_ip(k + 1)),
+            devices,
+        });
+    }
+    // Written before the agents start so `down` finds everything even if a start fails.
     cluster.save()?;
-    let pid = start_agent(&node)?;
-    node.agent_pid = Some(pid);
-    cluster.nodes[0] = node.clone();
-    cluster.save()?;
-    wait_agent(&node, opts.timeout).await?;
+    for i in 0..cluster.nodes.len() {
+        let pid = start_agent(&cluster.nodes[i])?;
+        cluster.nodes[i].agent_pid = Some(pid);
+        cluster.save()?;
+    }
+    for node in &cluster.nodes {
+        wait_agent(node, opts.timeout).await?;
+    }
+    let node = cluster.nodes[0].clone();
 
     // The CNI configuration for real runtimes, and the plugin where they look for it.
     let cni_dir = dir.join("cni");
@@ -376,27 +427,41 @@ fn node_identities(node: &NodeSpec) -> PathBuf {
     cluster_dir_of(node).join("identities")
 }
 
-/// The cluster's cgroup (under the cgroup v2 hierarchy, never its root).
-fn cgroup_dir(cluster: &str) -> Result<PathBuf> {
-    let root = netns::cgroup2_root()
-        .ok_or_else(|| anyhow!("no cgroup v2 hierarchy is mounted: socket load balancing needs one (mount -t cgroup2 none /sys/fs/cgroup/unified)"))?;
-    Ok(root.join(format!("cilium-{cluster}")))
+fn cgroup2() -> Result<PathBuf> {
+    netns::cgroup2_root().ok_or_else(|| {
+        anyhow!("no cgroup v2 hierarchy is mounted: socket load balancing needs one (mount -t cgroup2 none /sys/fs/cgroup/unified)")
+    })
 }
 
-fn create_cgroup(cluster: &str) -> Result<PathBuf> {
-    let dir = cgroup_dir(cluster)?;
+/// A node's cgroup (under the cgroup v2 hierarchy, never its root).
+fn create_cgroup(cluster: &str, node: &str) -> Result<PathBuf> {
+    let dir = cgroup2()?.join(format!("cilium-{cluster}.{node}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
     Ok(dir)
 }
 
-/// Removes the cluster's cgroup once its processes are gone.
-fn remove_cgroup(cluster: &str) -> Option<String> {
-    let dir = cgroup_dir(cluster).ok()?;
+/// Removes the cluster's cgroups once their processes are gone.
+fn remove_cgroups(cluster: &str) -> Vec<String> {
+    let Ok(root) = cgroup2() else {
+        return vec![];
+    };
+    let prefix = format!("cilium-{cluster}.");
+    std::fs::read_dir(&root)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .filter_map(|e| remove_cgroup(&e.path()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn remove_cgroup(dir: &Path) -> Option<String> {
     if !dir.exists() {
         return None;
     }
     let start = Instant::now();
-    while std::fs::remove_dir(&dir).is_err() && start.elapsed() < Duration::from_secs(5) {
+    while std::fs::remove_dir(dir).is_err() && start.elapsed() < Duration::from_secs(5) {
         // Kill stragglers (processes a user started in a pod with `local exec`).
         if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
@@ -422,6 +487,76 @@ fn cgroup_procs(node: &NodeSpec) -> Result<Option<File>> {
         )),
         None => Ok(None),
     }
+}
+
+/// Joins a node to the underlay (a bridge in a namespace of its own) with its address.
+async fn connect_underlay(underlay: &Path, node_ns: &Path, k: usize) -> Result<()> {
+    use crate::datapath::link::{LinkError, Netlink};
+    let node_file = File::open(node_ns)?;
+    let port = format!("n{k}");
+    netns::block_on_in_netns(underlay, || async {
+        let nl = Netlink::connect()?;
+        let br = match nl.link_by_name("br0").await? {
+            Some(b) => b,
+            None => {
+                nl.add_bridge("br0").await?;
+                nl.link_by_name("br0")
+                    .await?
+                    .ok_or_else(|| LinkError::NotFound("br0".into()))?
+            }
+        };
+        nl.set_up(br.index).await?;
+        if nl.link_by_name(&port).await?.is_none() {
+            nl.add_veth_into(
+                &port,
+                "eth0",
+                std::os::fd::AsRawFd::as_raw_fd(&node_file),
+                1500,
+            )
+            .await?;
+        }
+        let p = nl
+            .link_by_name(&port)
+            .await?
+            .ok_or_else(|| LinkError::NotFound(port.clone()))?;
+        nl.set_master(p.index, br.index).await?;
+        nl.set_up(p.index).await?;
+        Ok::<_, LinkError>(())
+    })??;
+    netns::block_on_in_netns(node_ns, || async {
+        let nl = Netlink::connect()?;
+        let l = nl
+            .link_by_name("eth0")
+            .await?
+            .ok_or_else(|| LinkError::NotFound("eth0".into()))?;
+        nl.add_address(l.index, std::net::IpAddr::V4(node_ip(k)), 24)
+            .await?;
+        nl.set_up(l.index).await?;
+        Ok::<_, LinkError>(())
+    })??;
+    Ok(())
+}
+
+/// Other nodes reach the "outside" ranges through the first node.
+async fn route_outside_via_first(node_ns: &Path) -> Result<()> {
+    use crate::datapath::link::{LinkError, Netlink};
+    use std::net::Ipv4Addr;
+    netns::block_on_in_netns(node_ns, || async {
+        let nl = Netlink::connect()?;
+        let l = nl
+            .link_by_name("eth0")
+            .await?
+            .ok_or_else(|| LinkError::NotFound("eth0".into()))?;
+        for net in [
+            Ipv4Addr::new(203, 0, 113, 0),
+            Ipv4Addr::new(198, 51, 100, 0),
+        ] {
+            nl.replace_route_v4(net, 24, l.index, Some(node_ip(1)), None)
+                .await?;
+        }
+        Ok::<_, LinkError>(())
+    })??;
+    Ok(())
 }
 
 /// Addresses of the "outside" namespace that plays the internet (documentation ranges).
@@ -524,8 +659,16 @@ pub fn start_agent(node: &NodeSpec) -> Result<u32> {
                 .iter()
                 .flat_map(|c| [std::ffi::OsStr::new("--cgroup-root"), c.as_os_str()]),
         )
-        // The device to the "outside" namespace: NodePort answers there.
-        .args(["--devices", "cilium_ext"])
+        .args(
+            node.node_ip
+                .iter()
+                .flat_map(|ip| ["--node-ip".to_string(), ip.to_string()]),
+        )
+        .args(if node.devices.is_empty() {
+            vec![]
+        } else {
+            vec!["--devices".to_string(), node.devices.join(",")]
+        })
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -615,9 +758,7 @@ pub async fn down(name: &str) -> Result<Vec<String>> {
             }
         }
     }
-    if let Some(c) = remove_cgroup(name) {
-        removed.push(c);
-    }
+    removed.extend(remove_cgroups(name));
     // Pins: unpinning the links detaches the programs; then the maps.
     let bpf = Path::new(BPF_DIR).join(format!("cilium-local-{name}"));
     if bpf.exists() {

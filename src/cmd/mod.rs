@@ -210,10 +210,15 @@ enum LocalCmd {
     Up {
         #[arg(long, default_value = "default")]
         name: String,
-        /// Pod CIDR of the node
+        /// Pod CIDR pool: one node takes it whole; with several, each gets a /24 of it
+        /// (then give a larger pool, e.g. 10.200.0.0/16)
         #[arg(long, default_value = "10.200.0.0/24")]
         pod_cidr: ipnet::Ipv4Net,
-        /// How long to wait for the agent
+        /// Number of nodes (network namespaces with an agent each, joined by an underlay;
+        /// native routing between their pod CIDRs)
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// How long to wait for the agents
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
@@ -861,21 +866,27 @@ fn run_local(cmd: LocalCmd) -> Result<i32> {
         LocalCmd::Up {
             name,
             pod_cidr,
+            nodes,
             timeout,
         } => {
             let start = std::time::Instant::now();
             let c = rt.block_on(local::up(local::UpOptions {
                 name: name.clone(),
                 pod_cidr,
+                nodes,
                 timeout,
             }))?;
-            let n = &c.nodes[0];
+            let list: Vec<String> = c
+                .nodes
+                .iter()
+                .map(|n| format!("{} (pod CIDR {})", n.name, n.pod_cidr))
+                .collect();
             println!(
-                "✅ local cluster {name:?} is up in {:.1}s: node {} (pod CIDR {}), agent socket {}",
+                "✅ local cluster {name:?} is up in {:.1}s: {}; agent socket of {}: {}",
                 start.elapsed().as_secs_f64(),
-                n.name,
-                n.pod_cidr,
-                n.socket.display()
+                list.join(", "),
+                c.nodes[0].name,
+                c.nodes[0].socket.display()
             );
             println!("   start a pod:  cilium local run --cluster {name} --name web -d -- sleep infinity");
             Ok(0)

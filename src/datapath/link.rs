@@ -185,6 +185,26 @@ impl Netlink {
             .map_err(nl(format!("creating veth pair {name}/{peer}")))
     }
 
+    /// Creates a bridge.
+    pub async fn add_bridge(&self, name: &str) -> Result<(), LinkError> {
+        self.handle
+            .link()
+            .add(rtnetlink::LinkBridge::new(name).build())
+            .execute()
+            .await
+            .map_err(nl(format!("creating bridge {name}")))
+    }
+
+    /// Enslaves link `index` to the bridge `master`.
+    pub async fn set_master(&self, index: u32, master: u32) -> Result<(), LinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).controller(master).build())
+            .execute()
+            .await
+            .map_err(nl(format!("attaching link #{index} to bridge #{master}")))
+    }
+
     pub async fn set_up(&self, index: u32) -> Result<(), LinkError> {
         self.handle
             .link()
@@ -273,6 +293,30 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl(format!("adding route {dst}/{prefix} dev #{index}")))
+    }
+
+    /// Deletes a gatewayed IPv4 route; a route that is already gone is fine.
+    pub async fn delete_route_v4_via(
+        &self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        index: u32,
+    ) -> Result<(), LinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .output_interface(index)
+            .build();
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl(format!("deleting route {dst}/{prefix}"))(e);
+                if e.is_not_found() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     /// Deletes an IPv4 route; a route that is already gone is fine.
