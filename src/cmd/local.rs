@@ -1064,3 +1064,23 @@ pub fn exec(cluster: &str, name: &str, command: &[String]) -> Result<i32> {
 pub fn agent_alive(node: &NodeSpec) -> bool {
     node.agent_pid.is_some_and(pid_alive)
 }
+
+/// Runs a command inside a pod (in its cgroup) and captures its output.
+pub fn exec_capture(
+    cluster: &Cluster,
+    name: &str,
+    command: &[String],
+) -> Result<std::process::Output> {
+    let pod = cluster.pod(name)?;
+    let ns_file =
+        File::open(&pod.netns).with_context(|| format!("opening {}", pod.netns.display()))?;
+    let procs = cgroup_procs(cluster.node(Some(&pod.node))?)?;
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]).stdin(Stdio::null());
+    netns::enter_on_exec(&mut cmd, &ns_file);
+    if let Some(p) = &procs {
+        netns::enter_cgroup_on_exec(&mut cmd, p);
+    }
+    cmd.output()
+        .with_context(|| format!("running {:?} in pod {name}", command[0]))
+}

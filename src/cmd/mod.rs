@@ -1,4 +1,6 @@
 //! The command line: parse, call library code, render (table or `-o json|yaml`).
+pub mod connectivity;
+pub mod echo;
 pub mod local;
 pub mod probe;
 
@@ -67,6 +69,17 @@ enum Cmd {
     /// The policy the agent enforces
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Connectivity tests against the local cluster
+    #[command(subcommand)]
+    Connectivity(ConnectivityCmd),
+    /// The connectivity test's HTTP JSON echo server
+    EchoServer {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Name reported in every answer
+        #[arg(long, default_value = "echo")]
+        name: String,
+    },
     /// Services and their backends (kube-proxy replacement)
     #[command(subcommand)]
     Service(ServiceCmd),
@@ -109,6 +122,34 @@ enum Cmd {
 enum EndpointCmd {
     /// List the endpoints of the node
     List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectivityCmd {
+    /// Deploy test workloads and run the scenario suite (pod-to-pod, services, world,
+    /// policies); non-zero exit when a test fails
+    Test {
+        #[command(flatten)]
+        c: ClusterArg,
+        /// Run only tests matching these regexes; a leading ! excludes
+        #[arg(long = "test")]
+        tests: Vec<String>,
+        /// Skip tests that need a second node
+        #[arg(long)]
+        single_node: bool,
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        connect_timeout: Duration,
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        request_timeout: Duration,
+        /// Write a JUnit XML report
+        #[arg(long)]
+        junit_file: Option<PathBuf>,
+        /// Keep the test workloads afterwards
+        #[arg(long)]
+        keep: bool,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -532,6 +573,29 @@ fn run(cli: Cli) -> Result<i32> {
                 }
                 s
             })
+        }
+        Cmd::Connectivity(ConnectivityCmd::Test {
+            c,
+            tests,
+            single_node,
+            connect_timeout,
+            request_timeout,
+            junit_file,
+            keep,
+            output,
+        }) => runtime()?.block_on(connectivity::run(connectivity::Options {
+            cluster: c.cluster,
+            tests,
+            single_node,
+            connect_timeout,
+            request_timeout,
+            json: matches!(output, Output::Json),
+            junit_file,
+            keep,
+        })),
+        Cmd::EchoServer { port, name } => {
+            runtime()?.block_on(echo::serve(port, name))?;
+            Ok(0)
         }
         Cmd::Service(ServiceCmd::List { output }) => {
             let client = Client::new(resolve_socket(cli.host)?);

@@ -52,11 +52,14 @@ pub fn tcp(target: &str, send: Option<&str>, timeout: Duration) -> Result<ProbeR
     };
     let peer = s.peer_addr().ok().map(|p| p.to_string());
     s.set_read_timeout(Some(timeout))?;
-    if let Some(d) = send {
-        s.write_all(d.as_bytes())?;
+    match send {
+        // A request (e.g. HTTP/1.0): the server answers and closes.
+        Some(d) => s.write_all(d.as_bytes())?,
+        // Nothing to say: the peer sees EOF and can answer and close.
+        None => {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
     }
-    // Done sending: the peer sees EOF and can answer and close.
-    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut buf = Vec::new();
     let res = s.read_to_end(&mut buf);
     Ok(ProbeResult {

@@ -1,0 +1,759 @@
+//! `cilium connectivity test` on a local cluster: deploys Cilium's test workloads
+//! (client, client2, echo-same-node, echo-other-node, their services, an echo in the
+//! "outside" namespace), then runs scenarios of actions with expected outcomes,
+//! each scenario under its own policy, and reports like cilium-cli.
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::local::{self, Cluster, RunOptions};
+use crate::{agent::client::Client, datapath::netns};
+
+pub struct Options {
+    pub cluster: String,
+    pub tests: Vec<String>,
+    pub single_node: bool,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub json: bool,
+    pub junit_file: Option<PathBuf>,
+    pub keep: bool,
+}
+
+const NS: &str = "cilium-test";
+const ECHO_PORT: u16 = 8080;
+const NODEPORT: u16 = 31000;
+const SVC_SAME: &str = "10.96.100.10";
+const SVC_OTHER: &str = "10.96.100.11";
+const OUTSIDE: &str = "203.0.113.2";
+const HTTP_GET: &str = "GET / HTTP/1.0\r\nHost: echo\r\n\r\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Expect {
+    Success,
+    Drop,
+}
+
+#[derive(Clone, Debug)]
+enum From {
+    Pod(&'static str),
+    Host,
+    Outside,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Http(String),
+    Ping(String),
+}
+
+#[derive(Clone, Debug)]
+struct Action {
+    name: String,
+    from: From,
+    kind: Kind,
+    expect: Expect,
+}
+
+struct Scenario {
+    name: &'static str,
+    policy: Option<String>,
+    needs_two_nodes: bool,
+    actions: Vec<Action>,
+}
+
+#[derive(Debug, Serialize)]
+struct ActionResult {
+    name: String,
+    expected: Expect,
+    ok: bool,
+    detail: String,
+}
+
+#[derive(Debug, Serialize)]
+struct TestResult {
+    test: String,
+    skipped: bool,
+    passed: bool,
+    actions: Vec<ActionResult>,
+}
+
+struct Env {
+    cluster: Cluster,
+    echo_same: String,
+    echo_other: Option<String>,
+    exe: String,
+}
+
+fn http(target: String) -> Kind {
+    Kind::Http(target)
+}
+
+fn act(name: &str, from: From, kind: Kind, expect: Expect) -> Action {
+    Action {
+        name: name.into(),
+        from,
+        kind,
+        expect,
+    }
+}
+
+fn cnp(name: &str, spec: &str) -> String {
+    format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n{spec}")
+}
+
+fn scenarios(env: &Env) -> Vec<Scenario> {
+    use Expect::*;
+    let same = format!("{}:{ECHO_PORT}", env.echo_same);
+    let other = env
+        .echo_other
+        .clone()
+        .map(|ip| format!("{ip}:{ECHO_PORT}"))
+        .unwrap_or_default();
+    let svc_same = format!("{SVC_SAME}:{ECHO_PORT}");
+    let svc_other = format!("{SVC_OTHER}:{ECHO_PORT}");
+    let world = format!("{OUTSIDE}:{ECHO_PORT}");
+    let c = From::Pod("ct-client");
+    let c2 = From::Pod("ct-client2");
+    vec![
+        Scenario {
+            name: "no-policies",
+            policy: None,
+            needs_two_nodes: false,
+            actions: vec![
+                act("pod-to-pod (same node)", c.clone(), http(same.clone()), Success),
+                act("client-to-client ping", c.clone(), Kind::Ping(env.echo_same.clone()), Success),
+                act("pod-to-service", c.clone(), http(svc_same.clone()), Success),
+                act("pod-to-world", c.clone(), http(world.clone()), Success),
+                act("host-to-pod", From::Host, http(same.clone()), Success),
+                act("client2 pod-to-pod", c2.clone(), http(same.clone()), Success),
+            ],
+        },
+        Scenario {
+            name: "no-policies-other-node",
+            policy: None,
+            needs_two_nodes: true,
+            actions: vec![
+                act("pod-to-pod (other node)", c.clone(), http(other.clone()), Success),
+                act("pod-to-service (backend on other node)", c.clone(), http(svc_other.clone()), Success),
+            ],
+        },
+        Scenario {
+            name: "no-policies-extra",
+            policy: None,
+            needs_two_nodes: false,
+            actions: vec![act(
+                "outside-to-nodeport",
+                From::Outside,
+                http(format!("203.0.113.1:{NODEPORT}")),
+                Success,
+            )],
+        },
+        Scenario {
+            name: "echo-ingress-from-other-client",
+            policy: Some(cnp(
+                "echo-ingress",
+                "  endpointSelector: {matchLabels: {kind: echo}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {other: client}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n",
+            )),
+            needs_two_nodes: false,
+            actions: vec![
+                act("client2 allowed", c2.clone(), http(same.clone()), Success),
+                act("client denied", c.clone(), http(same.clone()), Drop),
+                act("client denied via service", c.clone(), http(svc_same.clone()), Drop),
+            ],
+        },
+        Scenario {
+            name: "client-egress-to-echo",
+            policy: Some(cnp(
+                "client-egress",
+                "  endpointSelector: {matchLabels: {kind: client}}\n  egress:\n  - toEndpoints: [{matchLabels: {kind: echo}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n",
+            )),
+            needs_two_nodes: false,
+            actions: vec![
+                act("to echo allowed", c.clone(), http(same.clone()), Success),
+                act("to world denied", c.clone(), http(world.clone()), Drop),
+            ],
+        },
+        Scenario {
+            name: "all-ingress-deny",
+            policy: Some(cnp(
+                "all-ingress-deny",
+                "  endpointSelector: {matchLabels: {kind: echo}}\n  ingressDeny:\n  - fromEntities: [all]\n",
+            )),
+            needs_two_nodes: false,
+            actions: vec![
+                act("client denied", c.clone(), http(same.clone()), Drop),
+                act("client2 denied", c2.clone(), http(same.clone()), Drop),
+            ],
+        },
+        Scenario {
+            name: "all-egress-deny",
+            policy: Some(cnp(
+                "all-egress-deny",
+                "  endpointSelector: {matchLabels: {kind: client}}\n  egressDeny:\n  - toEntities: [all]\n",
+            )),
+            needs_two_nodes: false,
+            actions: vec![
+                act("to echo denied", c.clone(), http(same.clone()), Drop),
+                act("to world denied", c.clone(), http(world.clone()), Drop),
+            ],
+        },
+        Scenario {
+            name: "to-entities-world",
+            policy: Some(cnp(
+                "to-world",
+                "  endpointSelector: {matchLabels: {kind: client}}\n  egress:\n  - toEntities: [world]\n",
+            )),
+            needs_two_nodes: false,
+            actions: vec![
+                act("to world allowed", c.clone(), http(world.clone()), Success),
+                act("to echo denied", c.clone(), http(same.clone()), Drop),
+            ],
+        },
+        Scenario {
+            name: "to-cidr-external",
+            policy: Some(cnp(
+                "to-cidr",
+                "  endpointSelector: {matchLabels: {kind: client}}\n  egress:\n  - toCIDR: [203.0.113.0/24]\n",
+            )),
+            needs_two_nodes: false,
+            actions: vec![
+                act("to 203.0.113.2 allowed", c.clone(), http(world.clone()), Success),
+                act("to echo denied", c.clone(), http(same.clone()), Drop),
+            ],
+        },
+        Scenario {
+            name: "cluster-entity",
+            policy: Some(cnp(
+                "to-cluster",
+                "  endpointSelector: {matchLabels: {kind: client}}\n  egress:\n  - toEntities: [cluster]\n",
+            )),
+            needs_two_nodes: false,
+            actions: vec![
+                act("to echo allowed", c.clone(), http(same.clone()), Success),
+                act("to world denied", c.clone(), http(world.clone()), Drop),
+            ],
+        },
+    ]
+}
+
+/// Selects tests by cilium-cli's --test: regexes; a leading `!` excludes.
+fn selected(name: &str, filters: &[regex::Regex], excludes: &[regex::Regex]) -> bool {
+    (filters.is_empty() || filters.iter().any(|r| r.is_match(name)))
+        && !excludes.iter().any(|r| r.is_match(name))
+}
+
+async fn deploy(opts: &Options) -> Result<Env> {
+    let cluster = Cluster::load(&opts.cluster)?;
+    let exe = std::env::current_exe()?.display().to_string();
+    let two = cluster.nodes.len() >= 2 && !opts.single_node;
+    let store = cluster.store()?;
+    let pods: Vec<(&str, &str, &str)> = {
+        let mut v = vec![
+            ("ct-echo-same", "node1", "kind=echo,name=echo-same-node"),
+            ("ct-client", "node1", "kind=client,name=client"),
+            (
+                "ct-client2",
+                "node1",
+                "kind=client,name=client2,other=client",
+            ),
+        ];
+        if two {
+            v.push(("ct-echo-other", "node2", "kind=echo,name=echo-other-node"));
+        }
+        v
+    };
+    for (name, node, labels) in &pods {
+        if cluster.pod(name).is_ok() {
+            continue; // kept from an earlier run
+        }
+        let labels = labels
+            .split(',')
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        let command = if name.starts_with("ct-echo") {
+            vec![
+                exe.clone(),
+                "echo-server".into(),
+                "--port".into(),
+                ECHO_PORT.to_string(),
+                "--name".into(),
+                name.to_string(),
+            ]
+        } else {
+            vec!["sleep".into(), "infinity".into()]
+        };
+        local::run(RunOptions {
+            cluster: opts.cluster.clone(),
+            name: name.to_string(),
+            namespace: NS.into(),
+            node: Some(node.to_string()),
+            labels,
+            named_ports: Default::default(),
+            detach: true,
+            command,
+        })
+        .await
+        .with_context(|| format!("deploying {name}"))?;
+    }
+    let cluster = Cluster::load(&opts.cluster)?;
+    let ip = |n: &str| cluster.pod(n).ok().and_then(|p| p.ipv4);
+    let echo_same = ip("ct-echo-same").context("echo-same-node has no address")?;
+    let echo_other = if two { ip("ct-echo-other") } else { None };
+    let mut yaml = service_yaml("echo-same-node", SVC_SAME, &echo_same, Some(NODEPORT));
+    if let Some(o) = &echo_other {
+        yaml += &service_yaml("echo-other-node", SVC_OTHER, o, None);
+    }
+    store.apply(&yaml)?;
+    // The "outside" echo, served by this process inside the outside namespace.
+    let outside_ns = PathBuf::from(format!("/var/run/netns/cilium-{}.outside", cluster.name));
+    let listener = netns::in_netns(&outside_ns, || {
+        std::net::TcpListener::bind(("0.0.0.0", ECHO_PORT))
+    })??;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tokio::spawn(async move {
+        let app = axum::Router::new().fallback(axum::routing::get(|| async {
+            axum::Json(serde_json::json!({"name": "outside"}))
+        }));
+        let _ = axum::serve(listener, app).await;
+    });
+    let env = Env {
+        cluster,
+        echo_same,
+        echo_other,
+        exe,
+    };
+    // Ready: every echo answers its own node (which policy never blocks) and every
+    // agent has the services.
+    let start = Instant::now();
+    loop {
+        let mut ready = true;
+        for pod in ["ct-echo-same", "ct-echo-other"] {
+            let Ok(p) = env.cluster.pod(pod) else {
+                continue;
+            };
+            let (Some(ip), Ok(node)) = (p.ipv4.clone(), env.cluster.node(Some(&p.node))) else {
+                continue;
+            };
+            let target = format!("{ip}:{ECHO_PORT}");
+            let r = netns::in_netns(&node.netns, || {
+                super::probe::tcp(&target, Some(HTTP_GET), Duration::from_secs(1))
+            });
+            ready &= matches!(r, Ok(Ok(ref r)) if verdict(&serde_json::to_string(r).unwrap_or_default()).0);
+        }
+        for n in &env.cluster.nodes {
+            ready &= Client::new(&n.socket)
+                .status()
+                .await
+                .map(|s| s.services > 0)
+                .unwrap_or(false);
+        }
+        if ready {
+            return Ok(env);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the test workloads did not become ready within 30s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn service_yaml(name: &str, ip: &str, backend: &str, node_port: Option<u16>) -> String {
+    let (ty, np) = match node_port {
+        Some(p) => ("NodePort", format!(", nodePort: {p}")),
+        None => ("ClusterIP", String::new()),
+    };
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  type: {ty}\n  clusterIP: {ip}\n  ports:\n  - {{name: http, port: {ECHO_PORT}, targetPort: {ECHO_PORT}{np}, protocol: TCP}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {NS}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports:\n- {{name: http, port: {ECHO_PORT}, protocol: TCP}}\nendpoints:\n- addresses: [{backend}]\n"
+    )
+}
+
+async fn run_action(env: &Env, a: &Action, opts: &Options) -> ActionResult {
+    let timeout = match a.expect {
+        Expect::Success => opts.connect_timeout + opts.request_timeout,
+        Expect::Drop => opts.connect_timeout,
+    };
+    let outcome: Result<(bool, String)> = match (&a.from, &a.kind) {
+        (From::Pod(p), Kind::Http(t)) => {
+            let cmd: Vec<String> = vec![
+                env.exe.clone(),
+                "probe".into(),
+                "tcp".into(),
+                t.clone(),
+                "--send".into(),
+                HTTP_GET.into(),
+                "--timeout".into(),
+                format!("{}ms", timeout.as_millis()),
+            ];
+            local::exec_capture(&env.cluster, p, &cmd)
+                .map(|o| verdict(&String::from_utf8_lossy(&o.stdout)))
+        }
+        (From::Pod(p), Kind::Ping(ip)) => {
+            let cmd: Vec<String> = ["ping", "-c", "1", "-W", "1", ip]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            local::exec_capture(&env.cluster, p, &cmd).map(|o| {
+                (
+                    o.status.success(),
+                    if o.status.success() {
+                        "reply".into()
+                    } else {
+                        "no reply".into()
+                    },
+                )
+            })
+        }
+        (from, Kind::Http(t)) => {
+            let ns = match from {
+                From::Host => env.cluster.nodes[0].netns.clone(),
+                _ => PathBuf::from(format!(
+                    "/var/run/netns/cilium-{}.outside",
+                    env.cluster.name
+                )),
+            };
+            let t = t.clone();
+            netns::in_netns(&ns, || super::probe::tcp(&t, Some(HTTP_GET), timeout))
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r)
+                .map(|r| verdict(&serde_json::to_string(&r).unwrap_or_default()))
+        }
+        (_, Kind::Ping(_)) => Ok((false, "ping only from pods".into())),
+    };
+    let (success, detail) = outcome.unwrap_or_else(|e| (false, format!("{e:#}")));
+    let ok = match a.expect {
+        Expect::Success => success,
+        Expect::Drop => !success && (detail.contains("timeout") || detail == "no reply"),
+    };
+    ActionResult {
+        name: a.name.clone(),
+        expected: a.expect,
+        ok,
+        detail,
+    }
+}
+
+/// (success, detail) from `cilium probe` JSON: success means an HTTP 200 came back.
+fn verdict(json: &str) -> (bool, String) {
+    match serde_json::from_str::<serde_json::Value>(json.trim()) {
+        Ok(v) => {
+            let resp = v["response"].as_str().unwrap_or_default();
+            if resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200") {
+                (true, "HTTP 200".into())
+            } else if let Some(e) = v["error"].as_str() {
+                (false, e.to_string())
+            } else {
+                (
+                    false,
+                    format!(
+                        "unexpected answer {:?}",
+                        resp.lines().next().unwrap_or_default()
+                    ),
+                )
+            }
+        }
+        Err(_) => (false, format!("probe failed: {}", json.trim())),
+    }
+}
+
+/// Drop reasons the scenarios provoke on purpose.
+const EXPECTED_DROPS: [u8; 2] = [133, 181];
+
+pub async fn run(opts: Options) -> Result<i32> {
+    let (filters, excludes): (Vec<String>, Vec<String>) = opts
+        .tests
+        .iter()
+        .cloned()
+        .partition(|t| !t.starts_with('!'));
+    let filters: Vec<regex::Regex> = filters
+        .iter()
+        .map(|t| regex::Regex::new(t))
+        .collect::<Result<_, _>>()
+        .context("--test")?;
+    let excludes: Vec<regex::Regex> = excludes
+        .iter()
+        .map(|t| regex::Regex::new(&t[1..]))
+        .collect::<Result<_, _>>()
+        .context("--test")?;
+    if !opts.json {
+        println!(
+            "🔭 Deploying connectivity test workloads on local cluster {:?}...",
+            opts.cluster
+        );
+    }
+    let env = deploy(&opts).await?;
+    let store = env.cluster.store()?;
+    let mut results = Vec::new();
+    for s in scenarios(&env) {
+        let skip = !selected(s.name, &filters, &excludes)
+            || (s.needs_two_nodes && env.echo_other.is_none());
+        if skip {
+            results.push(TestResult {
+                test: s.name.into(),
+                skipped: true,
+                passed: true,
+                actions: vec![],
+            });
+            continue;
+        }
+        if !opts.json {
+            println!("[=] Test [{}]", s.name);
+        }
+        if let Some(p) = &s.policy {
+            store.apply(p)?;
+            settle(&env).await?;
+        }
+        let mut actions = Vec::new();
+        for a in &s.actions {
+            let r = run_action(&env, a, &opts).await;
+            if !opts.json {
+                println!(
+                    "  {} {} — expected {:?}: {}",
+                    if r.ok { "✅" } else { "❌" },
+                    r.name,
+                    r.expected,
+                    r.detail
+                );
+            }
+            actions.push(r);
+        }
+        if let Some(p) = &s.policy {
+            store.delete(p)?;
+            settle(&env).await?;
+        }
+        let passed = actions.iter().all(|a| a.ok);
+        results.push(TestResult {
+            test: s.name.into(),
+            skipped: false,
+            passed,
+            actions,
+        });
+    }
+    // Final check: no drops other than the ones the scenarios caused on purpose.
+    let mut unexpected = Vec::new();
+    for n in &env.cluster.nodes {
+        for (k, v) in crate::datapath::loader::read_metrics(&n.bpf_root)? {
+            if k.reason != 0 && !EXPECTED_DROPS.contains(&k.reason) && v.packets > 0 {
+                unexpected.push(format!(
+                    "{}: {} packets dropped with reason {} ({})",
+                    n.name,
+                    v.packets,
+                    k.reason,
+                    crate::datapath::maps::reason_name(k.reason)
+                ));
+            }
+        }
+    }
+    let drops_ok = unexpected.is_empty();
+    if !opts.json {
+        println!("[=] Test [no-unexpected-packet-drops]");
+        println!(
+            "  {} {}",
+            if drops_ok { "✅" } else { "❌" },
+            if drops_ok {
+                "no unexpected drops".to_string()
+            } else {
+                unexpected.join("; ")
+            }
+        );
+    }
+    results.push(TestResult {
+        test: "no-unexpected-packet-drops".into(),
+        skipped: false,
+        passed: drops_ok,
+        actions: vec![ActionResult {
+            name: "drop counters".into(),
+            expected: Expect::Success,
+            ok: drops_ok,
+            detail: unexpected.join("; "),
+        }],
+    });
+
+    if !opts.keep {
+        cleanup(&env).await;
+    }
+    let run: Vec<&TestResult> = results.iter().filter(|r| !r.skipped).collect();
+    let failed = run.iter().filter(|r| !r.passed).count();
+    let actions: usize = run.iter().map(|r| r.actions.len()).sum();
+    let failed_actions: usize = run
+        .iter()
+        .map(|r| r.actions.iter().filter(|a| !a.ok).count())
+        .sum();
+    let skipped = results.len() - run.len();
+    if let Some(path) = &opts.junit_file {
+        std::fs::write(path, junit(&results))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else if failed == 0 {
+        println!(
+            "\n✅ All {} tests ({} actions) successful, {} tests skipped.",
+            run.len(),
+            actions,
+            skipped
+        );
+    } else {
+        println!(
+            "\n❌ {failed}/{} tests failed ({failed_actions}/{actions} actions), {skipped} tests skipped",
+            run.len()
+        );
+        for r in run.iter().filter(|r| !r.passed) {
+            println!("  ❌ {}", r.test);
+        }
+        println!("\nDrops by reason on each node (cilium bpf metrics list):");
+        for n in &env.cluster.nodes {
+            for (k, v) in crate::datapath::loader::read_metrics(&n.bpf_root).unwrap_or_default() {
+                if k.reason != 0 {
+                    println!(
+                        "  {} {:>4} {:<28} {:<8} {}",
+                        n.name,
+                        k.reason,
+                        crate::datapath::maps::reason_name(k.reason),
+                        crate::datapath::maps::direction_name(k.dir),
+                        v.packets
+                    );
+                }
+            }
+        }
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// Waits until every agent applied the store's current revision.
+async fn settle(env: &Env) -> Result<()> {
+    let store = env.cluster.store()?;
+    let start = Instant::now();
+    loop {
+        let want = store.generation();
+        let mut done = true;
+        for n in &env.cluster.nodes {
+            done &= Client::new(&n.socket)
+                .status()
+                .await
+                .map(|s| s.policy_revision >= want)
+                .unwrap_or(false);
+        }
+        if done {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("agents did not apply store revision {want} within 10s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn cleanup(env: &Env) {
+    let mut yaml = service_yaml("echo-same-node", SVC_SAME, &env.echo_same, Some(NODEPORT));
+    if let Some(o) = &env.echo_other {
+        yaml += &service_yaml("echo-other-node", SVC_OTHER, o, None);
+    }
+    if let Ok(store) = env.cluster.store() {
+        let _ = store.delete(&yaml);
+    }
+    for p in ["ct-client", "ct-client2", "ct-echo-same", "ct-echo-other"] {
+        if env.cluster.pod(p).is_ok() {
+            let _ = local::rm(&env.cluster.name, p).await;
+        }
+    }
+}
+
+fn junit(results: &[TestResult]) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let failures = results.iter().filter(|r| !r.skipped && !r.passed).count();
+    let mut x = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n<testsuite name=\"connectivity test\" tests=\"{}\" failures=\"{failures}\">\n",
+        results.len()
+    );
+    for r in results {
+        x += &format!(
+            "  <testcase name=\"{}\" classname=\"connectivity test\">",
+            esc(&r.test)
+        );
+        if r.skipped {
+            x += "<skipped/>";
+        } else if !r.passed {
+            let why: Vec<String> = r
+                .actions
+                .iter()
+                .filter(|a| !a.ok)
+                .map(|a| format!("{}: {}", a.name, a.detail))
+                .collect();
+            x += &format!("<failure message=\"{}\"/>", esc(&why.join("; ")));
+        }
+        x += "</testcase>\n";
+    }
+    x + "</testsuite>\n</testsuites>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_filters_follow_cilium_cli() {
+        let f = vec![regex::Regex::new("ingress").unwrap()];
+        let x = vec![regex::Regex::new("deny").unwrap()];
+        assert!(selected("echo-ingress-from-other-client", &f, &x));
+        assert!(!selected("all-ingress-deny", &f, &x), "excluded by !deny");
+        assert!(!selected("to-cidr-external", &f, &x));
+        assert!(selected("anything", &[], &[]));
+    }
+
+    #[test]
+    fn probe_verdicts() {
+        assert!(verdict(r#"{"ok":true,"response":"HTTP/1.1 200 OK\r\n"}"#).0);
+        let (ok, why) = verdict(r#"{"ok":false,"error":"timeout"}"#);
+        assert!(!ok);
+        assert_eq!(why, "timeout");
+        assert!(!verdict("garbage").0);
+    }
+
+    #[test]
+    fn junit_marks_failures_and_skips() {
+        let r = vec![
+            TestResult {
+                test: "a".into(),
+                skipped: false,
+                passed: true,
+                actions: vec![],
+            },
+            TestResult {
+                test: "b".into(),
+                skipped: true,
+                passed: true,
+                actions: vec![],
+            },
+            TestResult {
+                test: "c".into(),
+                skipped: false,
+                passed: false,
+                actions: vec![ActionResult {
+                    name: "x".into(),
+                    expected: Expect::Drop,
+                    ok: false,
+                    detail: "HTTP 200".into(),
+                }],
+            },
+        ];
+        let x = junit(&r);
+        assert!(x.contains("failures=\"1\""));
+        assert!(x.contains("<skipped/>"));
+        assert!(x.contains("x: HTTP 200"));
+    }
+}

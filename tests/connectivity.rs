@@ -1,0 +1,87 @@
+//! Privileged: `cilium connectivity test` against a two-node local cluster passes
+//! every scenario, honours --test filters and --single-node, writes JUnit, and
+//! fails (non-zero) when the datapath breaks an expectation.
+mod common;
+
+use common::*;
+
+#[test]
+fn connectivity_test_passes_on_a_two_node_cluster() {
+    if !privileged() {
+        return;
+    }
+    let _ = cilium(&["local", "down", "--name", "t-conn"]);
+    let c = LocalCluster {
+        name: "t-conn".into(),
+    };
+    ok(&[
+        "local",
+        "up",
+        "--name",
+        "t-conn",
+        "--nodes",
+        "2",
+        "--pod-cidr",
+        "10.228.0.0/16",
+    ]);
+    let junit = std::env::temp_dir().join("cilium-t-conn-junit.xml");
+    let out = ok(&[
+        "connectivity",
+        "test",
+        "--cluster",
+        "t-conn",
+        "--junit-file",
+        junit.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("All 11 tests (25 actions) successful, 0 tests skipped"),
+        "{out}"
+    );
+    assert!(out.contains("pod-to-pod (other node)"), "{out}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("failures=\"0\"") && xml.contains("testcase name=\"all-egress-deny\""),
+        "{xml}"
+    );
+    let _ = std::fs::remove_file(&junit);
+
+    // Filters as cilium-cli: regexes, ! excludes; --single-node skips the other-node test.
+    let out = ok(&[
+        "connectivity",
+        "test",
+        "--cluster",
+        "t-conn",
+        "--test",
+        "no-policies",
+        "--test",
+        "!extra",
+        "--single-node",
+    ]);
+    assert!(
+        out.contains("All 2 tests"),
+        "only no-policies and the drop check ran: {out}"
+    );
+    assert!(!out.contains("[no-policies-other-node]"), "{out}");
+
+    // A policy the suite does not expect breaks an expectation: non-zero exit and the drops are shown.
+    c.apply_ok("apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: block-echo}\nspec:\n  endpointSelector: {matchLabels: {kind: echo}}\n  ingressDeny:\n  - fromEntities: [all]\n");
+    let out = cilium(&[
+        "connectivity",
+        "test",
+        "--cluster",
+        "t-conn",
+        "--test",
+        "^no-policies$",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("1/2 tests failed"), "{stdout}");
+    assert!(
+        stdout.contains("Policy denied by denylist"),
+        "the drops that explain it: {stdout}"
+    );
+    assert!(
+        c.json(&["endpoint", "list"]).as_array().unwrap().is_empty(),
+        "workloads cleaned up"
+    );
+}
