@@ -85,3 +85,44 @@ fn connectivity_test_passes_on_a_two_node_cluster() {
         "workloads cleaned up"
     );
 }
+
+#[test]
+fn connectivity_perf_prints_rates_for_both_pairs_with_and_without_policy() {
+    if !privileged() {
+        return;
+    }
+    let _ = cilium(&["local", "down", "--name", "t-perf"]);
+    let _c = LocalCluster {
+        name: "t-perf".into(),
+    };
+    ok(&[
+        "local",
+        "up",
+        "--name",
+        "t-perf",
+        "--nodes",
+        "2",
+        "--pod-cidr",
+        "10.229.0.0/16",
+    ]);
+    let out = ok(&[
+        "connectivity",
+        "perf",
+        "--cluster",
+        "t-perf",
+        "--duration",
+        "1",
+    ]);
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains("Gb/s")).collect();
+    assert_eq!(
+        rows.len(),
+        4,
+        "same/other node × no policy/L4 policy: {out}"
+    );
+    for r in rows {
+        let words: Vec<&str> = r.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "Gb/s").unwrap();
+        let gbps: f64 = words[at - 1].parse().unwrap();
+        assert!(gbps > 0.1, "a real stream went through: {r}");
+    }
+}

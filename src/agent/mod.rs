@@ -479,9 +479,10 @@ impl AgentState {
             }
             return Ok(None);
         };
+        // Programs first: a packet must never meet a program whose endpoint entry is gone.
+        self.datapath.detach_endpoint(&ep.host_ifname)?;
         self.datapath
             .remove_endpoint(EndpointKey::new(ep.ipv4), ep.host_ifindex, ep.id)?;
-        self.datapath.detach_endpoint(&ep.host_ifname)?;
         if let Err(e) = self
             .netlink
             .delete_route_v4(ep.ipv4, 32, ep.host_ifindex)

@@ -24,7 +24,7 @@ pub struct Options {
     pub keep: bool,
 }
 
-const NS: &str = "cilium-test";
+pub const NS: &str = "cilium-test";
 const ECHO_PORT: u16 = 8080;
 const NODEPORT: u16 = 31000;
 const SVC_SAME: &str = "10.96.100.10";
@@ -83,10 +83,10 @@ struct TestResult {
     actions: Vec<ActionResult>,
 }
 
-struct Env {
-    cluster: Cluster,
-    echo_same: String,
-    echo_other: Option<String>,
+pub struct Env {
+    pub cluster: Cluster,
+    pub echo_same: String,
+    pub echo_other: Option<String>,
     exe: String,
 }
 
@@ -248,7 +248,7 @@ fn selected(name: &str, filters: &[regex::Regex], excludes: &[regex::Regex]) -> 
         && !excludes.iter().any(|r| r.is_match(name))
 }
 
-async fn deploy(opts: &Options) -> Result<Env> {
+pub async fn deploy(opts: &Options) -> Result<Env> {
     let cluster = Cluster::load(&opts.cluster)?;
     let exe = std::env::current_exe()?.display().to_string();
     let two = cluster.nodes.len() >= 2 && !opts.single_node;
@@ -492,6 +492,8 @@ pub async fn run(opts: Options) -> Result<i32> {
     }
     let env = deploy(&opts).await?;
     let store = env.cluster.store()?;
+    // Drop counters before the scenarios: only what this run adds counts.
+    let baseline = drop_counters(&env);
     let mut results = Vec::new();
     for s in scenarios(&env) {
         let skip = !selected(s.name, &filters, &excludes)
@@ -540,17 +542,17 @@ pub async fn run(opts: Options) -> Result<i32> {
     }
     // Final check: no drops other than the ones the scenarios caused on purpose.
     let mut unexpected = Vec::new();
-    for n in &env.cluster.nodes {
-        for (k, v) in crate::datapath::loader::read_metrics(&n.bpf_root)? {
-            if k.reason != 0 && !EXPECTED_DROPS.contains(&k.reason) && v.packets > 0 {
-                unexpected.push(format!(
-                    "{}: {} packets dropped with reason {} ({})",
-                    n.name,
-                    v.packets,
-                    k.reason,
-                    crate::datapath::maps::reason_name(k.reason)
-                ));
-            }
+    for ((node, reason, dir), packets) in drop_counters(&env) {
+        let before = baseline
+            .get(&(node.clone(), reason, dir))
+            .copied()
+            .unwrap_or(0);
+        if !EXPECTED_DROPS.contains(&reason) && packets > before {
+            unexpected.push(format!(
+                "{node}: {} packets dropped with reason {reason} ({})",
+                packets - before,
+                crate::datapath::maps::reason_name(reason)
+            ));
         }
     }
     let drops_ok = unexpected.is_empty();
@@ -629,8 +631,21 @@ pub async fn run(opts: Options) -> Result<i32> {
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
+/// Drop counters of every node by (node, reason, direction).
+fn drop_counters(env: &Env) -> std::collections::BTreeMap<(String, u8, u8), u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for n in &env.cluster.nodes {
+        for (k, v) in crate::datapath::loader::read_metrics(&n.bpf_root).unwrap_or_default() {
+            if k.reason != 0 {
+                m.insert((n.name.clone(), k.reason, k.dir), v.packets);
+            }
+        }
+    }
+    m
+}
+
 /// Waits until every agent applied the store's current revision.
-async fn settle(env: &Env) -> Result<()> {
+pub async fn settle(env: &Env) -> Result<()> {
     let store = env.cluster.store()?;
     let start = Instant::now();
     loop {
@@ -653,7 +668,7 @@ async fn settle(env: &Env) -> Result<()> {
     }
 }
 
-async fn cleanup(env: &Env) {
+pub async fn cleanup(env: &Env) {
     let mut yaml = service_yaml("echo-same-node", SVC_SAME, &env.echo_same, Some(NODEPORT));
     if let Some(o) = &env.echo_other {
         yaml += &service_yaml("echo-other-node", SVC_OTHER, o, None);

@@ -2,6 +2,7 @@
 pub mod connectivity;
 pub mod echo;
 pub mod local;
+pub mod perf;
 pub mod probe;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
@@ -129,6 +130,18 @@ enum EndpointCmd {
 
 #[derive(Debug, Subcommand)]
 enum ConnectivityCmd {
+    /// Pod-to-pod throughput, request/response and connect/request/response rates,
+    /// same node and across nodes, without and with an L4 policy
+    Perf {
+        #[command(flatten)]
+        c: ClusterArg,
+        /// Seconds per measurement
+        #[arg(long, default_value_t = 3)]
+        duration: u64,
+        /// Keep the test workloads afterwards
+        #[arg(long)]
+        keep: bool,
+    },
     /// Deploy test workloads and run the scenario suite (pod-to-pod, services, world,
     /// policies); non-zero exit when a test fails
     Test {
@@ -593,6 +606,21 @@ fn run(cli: Cli) -> Result<i32> {
             junit_file,
             keep,
         })),
+        Cmd::Connectivity(ConnectivityCmd::Perf { c, duration, keep }) => {
+            runtime()?.block_on(perf::run(
+                connectivity::Options {
+                    cluster: c.cluster,
+                    tests: vec![],
+                    single_node: false,
+                    connect_timeout: Duration::from_secs(1),
+                    request_timeout: Duration::from_secs(2),
+                    json: false,
+                    junit_file: None,
+                    keep,
+                },
+                duration,
+            ))
+        }
         Cmd::EchoServer { port, name } => {
             runtime()?.block_on(echo::serve(port, name))?;
             Ok(0)
