@@ -12,17 +12,6 @@ use std::{
 
 use common::*;
 
-fn tcp(c: &LocalCluster, from: &str, ip: &str, port: u16) -> bool {
-    let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
-    in_ns(&c.pod_netns(from), || {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(700)) {
-            Ok(_) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => false,
-            Err(e) => panic!("connect {from} -> {addr}: unexpected {e}"),
-        }
-    })
-}
-
 /// Waits until both agents have applied the store's current revision.
 fn settle_all(c: &LocalCluster) {
     let start = std::time::Instant::now();
@@ -49,26 +38,6 @@ fn settle_all(c: &LocalCluster) {
     }
 }
 
-fn run_on(c: &LocalCluster, node: &str, name: &str, labels: &str) -> String {
-    let out = ok(&[
-        "local",
-        "run",
-        "--cluster",
-        &c.name,
-        "--name",
-        name,
-        "--node",
-        node,
-        "--labels",
-        labels,
-        "-d",
-        "--",
-        "sleep",
-        "infinity",
-    ]);
-    out.trim().rsplit(' ').next().unwrap().to_string()
-}
-
 #[test]
 fn two_nodes_route_pods_and_enforce_identity_policy_across_nodes() {
     if !privileged() {
@@ -90,9 +59,9 @@ fn two_nodes_route_pods_and_enforce_identity_policy_across_nodes() {
     ]);
     assert!(out.contains("node2 (pod CIDR 10.227.1.0/24)"), "{out}");
 
-    let client = run_on(&c, "node1", "client", "app=client");
-    run_on(&c, "node1", "other", "app=other");
-    let web = run_on(&c, "node2", "web", "app=web");
+    let client = c.run_pod(Some("node1"), "client", "app=client");
+    c.run_pod(Some("node1"), "other", "app=other");
+    let web = c.run_pod(Some("node2"), "web", "app=web");
     assert!(
         web.starts_with("10.227.1."),
         "web got node2's pod CIDR: {web}"
@@ -107,7 +76,7 @@ fn two_nodes_route_pods_and_enforce_identity_policy_across_nodes() {
             let _ = std::io::Write::write_all(&mut s, b"web\n");
         }
     });
-    assert!(tcp(&c, "other", &web, 8080), "TCP across nodes, no policy");
+    assert!(c.tcp("other", &web, 8080), "TCP across nodes, no policy");
 
     // node1's ipcache knows node2's endpoint by identity and node2's address as remote-node.
     settle_all(&c);
@@ -151,11 +120,11 @@ fn two_nodes_route_pods_and_enforce_identity_policy_across_nodes() {
     );
     settle_all(&c);
     assert!(
-        tcp(&c, "client", &web, 8080),
+        c.tcp("client", &web, 8080),
         "allowed identity from the other node"
     );
     assert!(
-        !tcp(&c, "other", &web, 8080),
+        !c.tcp("other", &web, 8080),
         "other identity from the other node: denied"
     );
 

@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -18,20 +18,6 @@ fn listen(ns: &std::path::Path, port: u16) -> TcpListener {
     })
 }
 
-/// Connects from a pod; Ok(true) connected, Ok(false) timed out (dropped), Err other.
-fn tcp(c: &LocalCluster, from: &str, ip: &str, port: u16) -> bool {
-    let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
-    in_ns(&c.pod_netns(from), || {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(700)) {
-            Ok(_) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => false,
-            Err(e) => {
-                panic!("connect {from} -> {addr}: unexpected {e} (refused means no drop happened)")
-            }
-        }
-    })
-}
-
 fn endpoint(c: &LocalCluster, pod: &str) -> serde_json::Value {
     c.json(&["endpoint", "list"])
         .as_array()
@@ -40,24 +26,6 @@ fn endpoint(c: &LocalCluster, pod: &str) -> serde_json::Value {
         .find(|e| e["k8s_pod_name"] == pod)
         .cloned()
         .unwrap_or_else(|| panic!("no endpoint for {pod}"))
-}
-
-fn run_pod(c: &LocalCluster, name: &str, labels: &str) -> String {
-    let out = ok(&[
-        "local",
-        "run",
-        "--cluster",
-        &c.name,
-        "--name",
-        name,
-        "--labels",
-        labels,
-        "-d",
-        "--",
-        "sleep",
-        "infinity",
-    ]);
-    out.trim().rsplit(' ').next().unwrap().to_string()
 }
 
 const ALLOW_CLIENT_8080: &str = r#"
@@ -85,13 +53,13 @@ fn allow_by_label_default_deny_l4_and_removal() {
         return;
     }
     let c = LocalCluster::up("t-pol-l4", "10.214.0.0/24");
-    let web = run_pod(&c, "web", "app=web");
-    let client = run_pod(&c, "client", "app=client");
-    run_pod(&c, "other", "app=other");
+    let web = c.run_pod(None, "web", "app=web");
+    let client = c.run_pod(None, "client", "app=client");
+    c.run_pod(None, "other", "app=other");
     let _l1 = listen(&c.pod_netns("web"), 8080);
     let _l2 = listen(&c.pod_netns("web"), 9090);
     let _l3 = listen(&c.pod_netns("client"), 7000);
-    assert!(tcp(&c, "other", &web, 8080), "no policy: everything passes");
+    assert!(c.tcp("other", &web, 8080), "no policy: everything passes");
 
     // A drop watcher, started before the policy.
     let monitor = Command::new(BIN)
@@ -115,17 +83,14 @@ fn allow_by_label_default_deny_l4_and_removal() {
     let web_ep = endpoint(&c, "web");
     assert_eq!(web_ep["ingress_enforced"], true, "{web_ep}");
     assert_eq!(web_ep["egress_enforced"], false);
-    assert!(tcp(&c, "client", &web, 8080), "allowed by label and port");
-    assert!(!tcp(&c, "other", &web, 8080), "other label: default deny");
-    assert!(!tcp(&c, "client", &web, 9090), "other port: denied");
+    assert!(c.tcp("client", &web, 8080), "allowed by label and port");
+    assert!(!c.tcp("other", &web, 8080), "other label: default deny");
+    assert!(!c.tcp("client", &web, 9090), "other port: denied");
     assert!(
         !c.ping("client", &web),
         "ICMP is not allowed by an L4 TCP rule"
     );
-    assert!(
-        tcp(&c, "web", &client, 7000),
-        "web's egress is not enforced"
-    );
+    assert!(c.tcp("web", &client, 7000), "web's egress is not enforced");
 
     // The drop was reported with its reason and identities.
     let out = monitor.wait_with_output().unwrap();
@@ -169,8 +134,8 @@ fn allow_by_label_default_deny_l4_and_removal() {
     // Removing the policy restores traffic.
     c.delete_ok(ALLOW_CLIENT_8080);
     assert_eq!(endpoint(&c, "web")["ingress_enforced"], false);
-    assert!(tcp(&c, "other", &web, 8080), "policy removed: passes again");
-    assert!(tcp(&c, "client", &web, 9090));
+    assert!(c.tcp("other", &web, 8080), "policy removed: passes again");
+    assert!(c.tcp("client", &web, 9090));
 }
 
 #[test]
@@ -179,8 +144,8 @@ fn icmp_rule_replies_pass_and_deny_beats_allow() {
         return;
     }
     let c = LocalCluster::up("t-pol-icmp", "10.215.0.0/24");
-    let web = run_pod(&c, "web", "app=web");
-    let client = run_pod(&c, "client", "app=client");
+    let web = c.run_pod(None, "web", "app=web");
+    let client = c.run_pod(None, "client", "app=client");
     let _l = listen(&c.pod_netns("web"), 8080);
     let _l2 = listen(&c.pod_netns("client"), 7000);
     c.apply_ok(
@@ -205,11 +170,11 @@ spec:
         "ICMP echo allowed by the icmps rule (the reply passes too)"
     );
     assert!(
-        tcp(&c, "client", &web, 8080),
+        c.tcp("client", &web, 8080),
         "web's egress is default deny, but replies pass through conntrack"
     );
     assert!(
-        !tcp(&c, "web", &client, 7000),
+        !c.tcp("web", &client, 7000),
         "web's new egress connections are denied"
     );
 
@@ -226,7 +191,7 @@ spec:
     toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
 "#,
     );
-    assert!(!tcp(&c, "client", &web, 8080), "deny wins over allow");
+    assert!(!c.tcp("client", &web, 8080), "deny wins over allow");
     assert!(c.ping("client", &web), "the deny is only for TCP/8080");
     assert!(
         c.metric(181, "INGRESS") >= 1,
@@ -240,14 +205,14 @@ fn egress_cidr_to_outside_and_kubernetes_network_policy() {
         return;
     }
     let c = LocalCluster::up("t-pol-cidr", "10.216.0.0/24");
-    run_pod(&c, "client", "app=client");
+    c.run_pod(None, "client", "app=client");
     let outside = std::path::PathBuf::from(format!("/var/run/netns/cilium-{}.outside", c.name));
     let _l = listen(&outside, 80);
     assert!(
-        tcp(&c, "client", "203.0.113.2", 80),
+        c.tcp("client", "203.0.113.2", 80),
         "the outside is reachable without policy"
     );
-    assert!(tcp(&c, "client", "198.51.100.2", 80));
+    assert!(c.tcp("client", "198.51.100.2", 80));
 
     c.apply_ok(
         r#"
@@ -261,19 +226,19 @@ spec:
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 "#,
     );
-    assert!(tcp(&c, "client", "203.0.113.2", 80), "allowed CIDR");
-    assert!(!tcp(&c, "client", "198.51.100.2", 80), "other CIDR: denied");
+    assert!(c.tcp("client", "203.0.113.2", 80), "allowed CIDR");
+    assert!(!c.tcp("client", "198.51.100.2", 80), "other CIDR: denied");
 
     // An egressDeny for one address inside the allowed CIDR wins.
     let deny = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: deny-one}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egressDeny:\n  - toCIDR: [203.0.113.2/32]\n";
     c.apply_ok(deny);
     assert!(
-        !tcp(&c, "client", "203.0.113.2", 80),
+        !c.tcp("client", "203.0.113.2", 80),
         "egress deny beats the CIDR allow"
     );
     assert!(c.metric(181, "EGRESS") >= 1);
     c.delete_ok(deny);
-    assert!(tcp(&c, "client", "203.0.113.2", 80));
+    assert!(c.tcp("client", "203.0.113.2", 80));
     c.delete_ok(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: to-doc-net}\n",
     );
@@ -293,11 +258,11 @@ spec:
 "#,
     );
     assert!(
-        tcp(&c, "client", "203.0.113.2", 80),
+        c.tcp("client", "203.0.113.2", 80),
         "ipBlock allows the rest of the world"
     );
     assert!(
-        !tcp(&c, "client", "198.51.100.2", 80),
+        !c.tcp("client", "198.51.100.2", 80),
         "ipBlock except is denied"
     );
 }
@@ -308,11 +273,11 @@ fn label_change_flips_verdict_within_a_second_and_bad_policy_changes_nothing() {
         return;
     }
     let c = LocalCluster::up("t-pol-label", "10.217.0.0/24");
-    let web = run_pod(&c, "web", "app=web");
-    run_pod(&c, "other", "app=other");
+    let web = c.run_pod(None, "web", "app=web");
+    c.run_pod(None, "other", "app=other");
     let _l = listen(&c.pod_netns("web"), 8080);
     c.apply_ok(ALLOW_CLIENT_8080);
-    assert!(!tcp(&c, "other", &web, 8080));
+    assert!(!c.tcp("other", &web, 8080));
 
     let start = Instant::now();
     ok(&[
@@ -325,7 +290,7 @@ fn label_change_flips_verdict_within_a_second_and_bad_policy_changes_nothing() {
     ]);
     let mut flipped = None;
     while start.elapsed() < Duration::from_secs(3) {
-        if tcp(&c, "other", &web, 8080) {
+        if c.tcp("other", &web, 8080) {
             flipped = Some(start.elapsed());
             break;
         }
@@ -375,7 +340,7 @@ spec:
     ok(&["local", "label", "--cluster", &c.name, "other", "app=other"]);
     c.settle();
     assert!(
-        !tcp(&c, "other", &web, 8080),
+        !c.tcp("other", &web, 8080),
         "the previous policy keeps enforcing"
     );
 }
@@ -386,23 +351,23 @@ fn enforcement_continues_while_the_agent_is_down() {
         return;
     }
     let c = LocalCluster::up("t-pol-restart", "10.218.0.0/24");
-    let web = run_pod(&c, "web", "app=web");
-    run_pod(&c, "client", "app=client");
-    run_pod(&c, "other", "app=other");
+    let web = c.run_pod(None, "web", "app=web");
+    c.run_pod(None, "client", "app=client");
+    c.run_pod(None, "other", "app=other");
     let _l = listen(&c.pod_netns("web"), 8080);
     c.apply_ok(ALLOW_CLIENT_8080);
     ok(&["local", "restart-agent", "--cluster", &c.name, "--stop"]);
     assert!(
-        tcp(&c, "client", &web, 8080),
+        c.tcp("client", &web, 8080),
         "agent down: allowed traffic flows"
     );
     assert!(
-        !tcp(&c, "other", &web, 8080),
+        !c.tcp("other", &web, 8080),
         "agent down: denied traffic stays denied"
     );
     ok(&["local", "restart-agent", "--cluster", &c.name]);
-    assert!(tcp(&c, "client", &web, 8080));
-    assert!(!tcp(&c, "other", &web, 8080));
+    assert!(c.tcp("client", &web, 8080));
+    assert!(!c.tcp("other", &web, 8080));
     assert_eq!(endpoint(&c, "web")["ingress_enforced"], true);
 }
 
@@ -412,9 +377,9 @@ fn identities_are_shared_by_labels_and_released_when_unused() {
         return;
     }
     let c = LocalCluster::up("t-pol-ids", "10.219.0.0/24");
-    run_pod(&c, "a1", "app=shared");
-    run_pod(&c, "a2", "app=shared");
-    run_pod(&c, "b", "app=single");
+    c.run_pod(None, "a1", "app=shared");
+    c.run_pod(None, "a2", "app=shared");
+    c.run_pod(None, "b", "app=single");
     let (a1, a2, b) = (
         endpoint(&c, "a1")["identity"].clone(),
         endpoint(&c, "a2")["identity"].clone(),

@@ -485,7 +485,7 @@ impl AgentState {
             .remove_endpoint(EndpointKey::new(ep.ipv4), ep.host_ifindex, ep.id)?;
         if let Err(e) = self
             .netlink
-            .delete_route_v4(ep.ipv4, 32, ep.host_ifindex)
+            .delete_route_v4(ep.ipv4, 32, ep.host_ifindex, false)
             .await
         {
             warn!(error = %e, "removing the endpoint route");

@@ -389,7 +389,7 @@ impl AgentState {
         {
             let msg_err = self
                 .netlink
-                .delete_route_v4_via(cidr.network(), cidr.prefix_len(), link)
+                .delete_route_v4(cidr.network(), cidr.prefix_len(), link, true)
                 .await;
             if let Err(e) = msg_err {
                 warn!(error = %e, %cidr, "removing the route of a node that left");

@@ -1042,10 +1042,22 @@ pub async fn rm(cluster: &str, name: &str) -> Result<()> {
 /// Runs a command inside a pod's namespace; returns its exit code.
 pub fn exec(cluster: &str, name: &str, command: &[String]) -> Result<i32> {
     let cluster = Cluster::load(cluster)?;
-    let pod = cluster.pod(name)?;
     if command.is_empty() {
         bail!("no command given: `cilium local exec {name} -- CMD...`");
     }
+    let status = in_pod(&cluster, name, command, |cmd| cmd.status())?;
+    Ok(status.code().unwrap_or(128))
+}
+
+/// Runs `run` on a command set up to start inside a pod: its namespace and its
+/// node's cgroup (entered between fork and exec).
+fn in_pod<T>(
+    cluster: &Cluster,
+    name: &str,
+    command: &[String],
+    run: impl FnOnce(&mut Command) -> std::io::Result<T>,
+) -> Result<T> {
+    let pod = cluster.pod(name)?;
     let ns_file =
         File::open(&pod.netns).with_context(|| format!("opening {}", pod.netns.display()))?;
     let procs = cgroup_procs(cluster.node(Some(&pod.node))?)?;
@@ -1055,10 +1067,7 @@ pub fn exec(cluster: &str, name: &str, command: &[String]) -> Result<i32> {
     if let Some(p) = &procs {
         netns::enter_cgroup_on_exec(&mut cmd, p);
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {:?} in pod {name}", command[0]))?;
-    Ok(status.code().unwrap_or(128))
+    run(&mut cmd).with_context(|| format!("running {:?} in pod {name}", command[0]))
 }
 
 pub fn agent_alive(node: &NodeSpec) -> bool {
@@ -1071,16 +1080,7 @@ pub fn exec_capture(
     name: &str,
     command: &[String],
 ) -> Result<std::process::Output> {
-    let pod = cluster.pod(name)?;
-    let ns_file =
-        File::open(&pod.netns).with_context(|| format!("opening {}", pod.netns.display()))?;
-    let procs = cgroup_procs(cluster.node(Some(&pod.node))?)?;
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]).stdin(Stdio::null());
-    netns::enter_on_exec(&mut cmd, &ns_file);
-    if let Some(p) = &procs {
-        netns::enter_cgroup_on_exec(&mut cmd, p);
-    }
-    cmd.output()
-        .with_context(|| format!("running {:?} in pod {name}", command[0]))
+    in_pod(cluster, name, command, |cmd| {
+        cmd.stdin(Stdio::null()).output()
+    })
 }

@@ -295,42 +295,22 @@ impl Netlink {
             .map_err(nl(format!("adding route {dst}/{prefix} dev #{index}")))
     }
 
-    /// Deletes a gatewayed IPv4 route; a route that is already gone is fine.
-    pub async fn delete_route_v4_via(
-        &self,
-        dst: Ipv4Addr,
-        prefix: u8,
-        index: u32,
-    ) -> Result<(), LinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, prefix)
-            .output_interface(index)
-            .build();
-        match self.handle.route().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = nl(format!("deleting route {dst}/{prefix}"))(e);
-                if e.is_not_found() {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-
-    /// Deletes an IPv4 route; a route that is already gone is fine.
+    /// Deletes an IPv4 route out of link `index` (`via` set: a gatewayed route, else a
+    /// link-scope one); a route that is already gone is fine.
     pub async fn delete_route_v4(
         &self,
         dst: Ipv4Addr,
         prefix: u8,
         index: u32,
+        via: bool,
     ) -> Result<(), LinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, prefix)
-            .output_interface(index)
-            .scope(RouteScope::Link)
-            .build();
+            .output_interface(index);
+        if !via {
+            b = b.scope(RouteScope::Link);
+        }
+        let msg = b.build();
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) => {

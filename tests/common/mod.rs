@@ -198,6 +198,49 @@ impl LocalCluster {
         panic!("agent did not reach revision {want}");
     }
 
+    /// Starts a detached pod with labels (k=v,...), optionally on a given node; returns its IPv4.
+    pub fn run_pod(&self, node: Option<&str>, name: &str, labels: &str) -> String {
+        let mut args = vec![
+            "local",
+            "run",
+            "--cluster",
+            &self.name,
+            "--name",
+            name,
+            "--labels",
+            labels,
+        ];
+        if let Some(n) = node {
+            args.extend_from_slice(&["--node", n]);
+        }
+        args.extend_from_slice(&["-d", "--", "sleep", "infinity"]);
+        ok(&args)
+            .trim()
+            .rsplit(' ')
+            .next()
+            .expect("pod IP in output")
+            .to_string()
+    }
+
+    /// TCP connect from a pod: true when connected, false when it timed out (dropped);
+    /// any other error (refused: nothing was dropped) fails the test.
+    pub fn tcp(&self, from: &str, ip: &str, port: u16) -> bool {
+        let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().expect("address");
+        in_ns(
+            &self.pod_netns(from),
+            || match std::net::TcpStream::connect_timeout(
+                &addr,
+                std::time::Duration::from_millis(700),
+            ) {
+                Ok(_) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => false,
+                Err(e) => panic!(
+                    "connect {from} -> {addr}: unexpected {e} (refused means no drop happened)"
+                ),
+            },
+        )
+    }
+
     /// Names of the links in the node's namespace.
     pub fn node_links(&self) -> Vec<String> {
         links_in(&self.node_netns())
