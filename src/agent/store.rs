@@ -217,7 +217,8 @@ impl Store {
 
     /// Splits and validates a YAML stream; nothing is written when any document is invalid.
     fn docs(&self, yaml: &str) -> Result<Vec<Doc>, StoreError> {
-        let parsed = parse_stream(yaml)?;
+        // Policies are validated by the policy layer (all or nothing).
+        parse_stream(yaml)?;
         // Services and EndpointSlices are validated by the load-balancing layer.
         crate::lb::parse::parse_stream(yaml)?;
         let mut docs = Vec::new();
@@ -301,7 +302,6 @@ impl Store {
                 value: v,
             });
         }
-        debug_assert!(parsed.policies.len() <= docs.len());
         Ok(docs)
     }
 
