@@ -80,6 +80,8 @@ int cil_from_container(struct __sk_buff *skb)
 	__u8 node_mac[ETH_ALEN];
 	__u32 len = skb->len;
 	__u16 proto;
+	struct ct_entry *cte = 0;
+	int translated = 0;
 	int ct, err;
 
 	if ((void *)(eth + 1) > data_end)
@@ -129,6 +131,7 @@ int cil_from_container(struct __sk_buff *skb)
 			err = lb4_dnat(skb, &l, f.saddr, f.daddr, svc, &lkey, 0);
 			if (err)
 				return drop_flow(skb, err, METRIC_EGRESS, self->lxc_id, self->sec_id, 0, &f);
+			translated = 1;
 			data = (void *)(long)skb->data;
 			data_end = (void *)(long)skb->data_end;
 			ip4 = data + sizeof(struct ethhdr);
@@ -140,7 +143,9 @@ int cil_from_container(struct __sk_buff *skb)
 		}
 	}
 
-	ct = ct_lookup4(&f, CT_EGRESS, len);
+	ct = ct_lookup4(&f, CT_EGRESS, len, &cte);
+	if (translated && cte)
+		cte->flags |= CT_F_LB;
 	if (ct != CT_REPLY && !f.related) {
 		if (self->flags & (ENDPOINT_F_EGRESS_ENFORCED | ENDPOINT_F_EGRESS_DENIES)) {
 			__u32 dst_id = ipcache_identity4(f.daddr);
@@ -153,7 +158,7 @@ int cil_from_container(struct __sk_buff *skb)
 						 self->sec_id, dst_id, &f);
 		}
 		if (ct == CT_NEW)
-			ct_create4(&f, CT_EGRESS, self->sec_id, len);
+			ct_create4(&f, CT_EGRESS, self->sec_id, len, translated ? CT_F_LB : 0);
 	}
 
 	dk.ip4 = f.daddr;
@@ -177,6 +182,7 @@ int cil_to_container(struct __sk_buff *skb)
 	struct flow4 f;
 	__be32 self_ip = 0;
 	__u32 len = skb->len;
+	struct ct_entry *cte = 0;
 	int ct, err;
 
 	self = lookup_self(skb, &self_ip);
@@ -192,7 +198,7 @@ int cil_to_container(struct __sk_buff *skb)
 	if (err)
 		return drop(skb, err, METRIC_INGRESS);
 
-	ct = ct_lookup4(&f, CT_INGRESS, len);
+	ct = ct_lookup4(&f, CT_INGRESS, len, &cte);
 	if (ct != CT_REPLY && !f.related) {
 		__u32 src_id = ipcache_identity4(f.saddr);
 
@@ -207,12 +213,15 @@ int cil_to_container(struct __sk_buff *skb)
 						 src_id, self->sec_id, &f);
 		}
 		if (ct == CT_NEW)
-			ct_create4(&f, CT_INGRESS, src_id, len);
+			ct_create4(&f, CT_INGRESS, src_id, len, 0);
 	}
-	/* A reply of a flow translated in from-container gets the service address back. */
-	err = lb4_rev_dnat(skb);
-	if (err)
-		return drop(skb, err, METRIC_INGRESS);
+	/* A reply of a flow translated in from-container gets the service address back;
+	 * conntrack says which flows those are, so other packets skip the lookup. */
+	if (ct == CT_REPLY && cte && (cte->flags & CT_F_LB)) {
+		err = lb4_rev_dnat(skb);
+		if (err)
+			return drop(skb, err, METRIC_INGRESS);
+	}
 pass:
 	update_metrics(REASON_FORWARDED, METRIC_INGRESS, len);
 	return TC_ACT_OK;

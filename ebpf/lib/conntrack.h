@@ -54,6 +54,7 @@ ASSERT_SIZE(struct ct_key, 16);
 #define CT_F_TX_CLOSING 1 /* FIN/RST seen from the initiator */
 #define CT_F_RX_CLOSING 2 /* FIN/RST seen from the responder */
 #define CT_F_ESTABLISHED 4 /* a reply was seen */
+#define CT_F_LB 8 /* the flow was DNATed to a service backend: its replies need rev-NAT */
 
 struct ct_entry {
 	__u32 lifetime; /* expiry, seconds of CLOCK_MONOTONIC */
@@ -203,7 +204,7 @@ static __always_inline void ct_account(struct ct_entry *e, struct flow4 *f, int 
 /* Looks the flow up from the point of view of hook `dir`: an entry this hook
  * created (ESTABLISHED) or one the opposite hook created for the reverse flow
  * (REPLY). */
-static __always_inline int ct_lookup4(struct flow4 *f, __u8 dir, __u32 len)
+static __always_inline int ct_lookup4(struct flow4 *f, __u8 dir, __u32 len, struct ct_entry **found)
 {
 	__u32 now = ct_now();
 	struct ct_key fwd = {
@@ -216,27 +217,30 @@ static __always_inline int ct_lookup4(struct flow4 *f, __u8 dir, __u32 len)
 	};
 	struct ct_entry *e;
 
+	*found = 0;
 	e = ct_get(&rev, now);
 	if (e) {
 		ct_account(e, f, 1, len, now);
+		*found = e;
 		return CT_REPLY;
 	}
 	e = ct_get(&fwd, now);
 	if (e) {
 		ct_account(e, f, 0, len, now);
+		*found = e;
 		return CT_ESTABLISHED;
 	}
 	return CT_NEW;
 }
 
-static __always_inline void ct_create4(struct flow4 *f, __u8 dir, __u32 src_id, __u32 len)
+static __always_inline void ct_create4(struct flow4 *f, __u8 dir, __u32 src_id, __u32 len, __u16 flags)
 {
 	__u32 now = ct_now();
 	struct ct_key k = {
 		.saddr = f->saddr, .daddr = f->daddr, .sport = f->sport, .dport = f->dport,
 		.nexthdr = f->proto, .dir = dir,
 	};
-	struct ct_entry e = { .src_sec_id = src_id };
+	struct ct_entry e = { .src_sec_id = src_id, .flags = flags };
 
 	ct_account(&e, f, 0, len, now);
 	bpf_map_update_elem(&cilium_ct4, &k, &e, BPF_ANY);
