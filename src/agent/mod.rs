@@ -227,10 +227,7 @@ impl AgentState {
                 self.netlink
                     .add_veth(HOST_DEV, NET_DEV, self.config.mtu)
                     .await?;
-                self.netlink
-                    .link_by_name(HOST_DEV)
-                    .await?
-                    .ok_or_else(|| LinkError::NotFound(HOST_DEV.into()))?
+                self.netlink.link(HOST_DEV).await?
             }
         };
         if let Some(net) = self.netlink.link_by_name(NET_DEV).await? {

@@ -500,9 +500,7 @@ async fn connect_underlay(underlay: &Path, node_ns: &Path, k: usize) -> Result<(
             Some(b) => b,
             None => {
                 nl.add_bridge("br0").await?;
-                nl.link_by_name("br0")
-                    .await?
-                    .ok_or_else(|| LinkError::NotFound("br0".into()))?
+                nl.link("br0").await?
             }
         };
         nl.set_up(br.index).await?;
@@ -515,20 +513,14 @@ async fn connect_underlay(underlay: &Path, node_ns: &Path, k: usize) -> Result<(
             )
             .await?;
         }
-        let p = nl
-            .link_by_name(&port)
-            .await?
-            .ok_or_else(|| LinkError::NotFound(port.clone()))?;
+        let p = nl.link(&port).await?;
         nl.set_master(p.index, br.index).await?;
         nl.set_up(p.index).await?;
         Ok::<_, LinkError>(())
     })??;
     netns::block_on_in_netns(node_ns, || async {
         let nl = Netlink::connect()?;
-        let l = nl
-            .link_by_name("eth0")
-            .await?
-            .ok_or_else(|| LinkError::NotFound("eth0".into()))?;
+        let l = nl.link("eth0").await?;
         nl.add_address(l.index, std::net::IpAddr::V4(node_ip(k)), 24)
             .await?;
         nl.set_up(l.index).await?;
@@ -543,10 +535,7 @@ async fn route_outside_via_first(node_ns: &Path) -> Result<()> {
     use std::net::Ipv4Addr;
     netns::block_on_in_netns(node_ns, || async {
         let nl = Netlink::connect()?;
-        let l = nl
-            .link_by_name("eth0")
-            .await?
-            .ok_or_else(|| LinkError::NotFound("eth0".into()))?;
+        let l = nl.link("eth0").await?;
         for net in [
             Ipv4Addr::new(203, 0, 113, 0),
             Ipv4Addr::new(198, 51, 100, 0),
@@ -588,10 +577,7 @@ async fn connect_outside(
             )
             .await?;
         }
-        let l = nl
-            .link_by_name("cilium_ext")
-            .await?
-            .ok_or_else(|| LinkError::NotFound("cilium_ext".into()))?;
+        let l = nl.link("cilium_ext").await?;
         nl.add_address(l.index, IpAddr::V4(node_side), 24).await?;
         nl.set_up(l.index).await?;
         nl.replace_route_v4(
@@ -606,10 +592,7 @@ async fn connect_outside(
     })??;
     netns::block_on_in_netns(outside_ns, || async {
         let nl = Netlink::connect()?;
-        let l = nl
-            .link_by_name("eth0")
-            .await?
-            .ok_or_else(|| LinkError::NotFound("eth0".into()))?;
+        let l = nl.link("eth0").await?;
         nl.add_address(l.index, IpAddr::V4(outside_addr), 24)
             .await?;
         nl.set_up(l.index).await?;

@@ -167,10 +167,7 @@ async fn add_inner(
     // Inside the pod: address (/32), route to the gateway, default route.
     let pod_mac = netns::block_on_in_netns(Path::new(&ns_path), || async {
         let pod_nl = Netlink::connect()?;
-        let l = pod_nl
-            .link_by_name(&ifname)
-            .await?
-            .ok_or_else(|| LinkError::NotFound(ifname.clone()))?;
+        let l = pod_nl.link(&ifname).await?;
         pod_nl.add_address(l.index, IpAddr::V4(ip), 32).await?;
         pod_nl.set_up(l.index).await?;
         pod_nl

@@ -117,6 +117,13 @@ impl Netlink {
         }
     }
 
+    /// A link that must exist.
+    pub async fn link(&self, name: &str) -> Result<LinkInfo, LinkError> {
+        self.link_by_name(name)
+            .await?
+            .ok_or_else(|| LinkError::NotFound(name.to_string()))
+    }
+
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, LinkError> {
         let mut s = self.handle.link().get().match_index(index).execute();
         match s.try_next().await {

@@ -275,50 +275,49 @@ impl Datapath {
         typed_hash(&mut self.sock, name)
     }
 
-    pub fn lb_service_put(&mut self, key: Lb4Key, value: Lb4Service) -> Result<()> {
-        self.sock_map::<Lb4Key, Lb4Service>(MAP_LB4_SERVICES)?
+    /// Writes one entry of a socket-LB map.
+    fn sock_put<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        key: K,
+        value: V,
+    ) -> Result<()> {
+        self.sock_map::<K, V>(name)?
             .insert(key, value, 0)
             .map_err(|e| DatapathError::Map {
-                map: MAP_LB4_SERVICES,
+                map: name,
                 source: Box::new(e),
             })
+    }
+
+    /// Removes one entry of a socket-LB map; a missing one is fine.
+    fn sock_remove<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str, key: &K) -> Result<()> {
+        let _ = self.sock_map::<K, V>(name)?.remove(key);
+        Ok(())
+    }
+
+    pub fn lb_service_put(&mut self, key: Lb4Key, value: Lb4Service) -> Result<()> {
+        self.sock_put(MAP_LB4_SERVICES, key, value)
     }
 
     pub fn lb_service_remove(&mut self, key: &Lb4Key) -> Result<()> {
-        let _ = self
-            .sock_map::<Lb4Key, Lb4Service>(MAP_LB4_SERVICES)?
-            .remove(key);
-        Ok(())
+        self.sock_remove::<Lb4Key, Lb4Service>(MAP_LB4_SERVICES, key)
     }
 
     pub fn lb_backend_put(&mut self, id: u32, value: Lb4Backend) -> Result<()> {
-        self.sock_map::<u32, Lb4Backend>(MAP_LB4_BACKENDS)?
-            .insert(id, value, 0)
-            .map_err(|e| DatapathError::Map {
-                map: MAP_LB4_BACKENDS,
-                source: Box::new(e),
-            })
+        self.sock_put(MAP_LB4_BACKENDS, id, value)
     }
 
     pub fn lb_backend_remove(&mut self, id: u32) -> Result<()> {
-        let _ = self
-            .sock_map::<u32, Lb4Backend>(MAP_LB4_BACKENDS)?
-            .remove(&id);
-        Ok(())
+        self.sock_remove::<u32, Lb4Backend>(MAP_LB4_BACKENDS, &id)
     }
 
     pub fn lb_revnat_put(&mut self, id: u16, value: Lb4RevNat) -> Result<()> {
-        self.sock_map::<u16, Lb4RevNat>(MAP_LB4_REVNAT)?
-            .insert(id, value, 0)
-            .map_err(|e| DatapathError::Map {
-                map: MAP_LB4_REVNAT,
-                source: Box::new(e),
-            })
+        self.sock_put(MAP_LB4_REVNAT, id, value)
     }
 
     pub fn lb_revnat_remove(&mut self, id: u16) -> Result<()> {
-        let _ = self.sock_map::<u16, Lb4RevNat>(MAP_LB4_REVNAT)?.remove(&id);
-        Ok(())
+        self.sock_remove::<u16, Lb4RevNat>(MAP_LB4_REVNAT, &id)
     }
 
     /// Current LB maps (services, backends, rev-NAT) for adoption after a restart.
