@@ -116,7 +116,14 @@ fn compute(pods: usize, policies: usize) -> (Duration, Duration, Duration, usize
     // Program a real policy map (pinned under a scratch bpffs directory).
     let root = Path::new("/sys/fs/bpf/cilium-bench-p2");
     let _ = std::fs::remove_dir_all(root);
-    let mut dp = Datapath::load(root, 16381).expect("loading the datapath (root, bpffs)");
+    let mut dp = Datapath::load(
+        root,
+        cilium::datapath::loader::DatapathConfig {
+            maglev_size: 16381,
+            tunnel_ifindex: None,
+        },
+    )
+    .expect("loading the datapath (root, bpffs)");
     let t2 = Instant::now();
     for ((len, key), deny) in &keys {
         dp.policy_insert(*len, *key, *deny).expect("map insert");

@@ -16,8 +16,13 @@
 #include "lib/conntrack.h"
 #include "lib/events.h"
 #include "lib/nat.h"
+#include "lib/l3.h"
+#include "lib/encap.h"
 
-#define IP_TTL_OFF (ETH_HLEN + offsetof(struct iphdr, ttl))
+/* Set at load time: ifindex of the tunnel device (cilium_vxlan) in tunnel routing
+ * mode; 0 in native routing mode, where the node's routes carry traffic to other
+ * nodes' pods. */
+volatile const __u32 TUNNEL_IFINDEX = 0;
 
 static __always_inline struct endpoint_info *lookup_self(struct __sk_buff *skb, __be32 *ip)
 {
@@ -28,36 +33,6 @@ static __always_inline struct endpoint_info *lookup_self(struct __sk_buff *skb, 
 		return 0;
 	*ip = k->ip4;
 	return bpf_map_lookup_elem(&cilium_lxc, k);
-}
-
-/* Decrements the TTL and fixes the IPv4 checksum, as a router hop does. */
-static __always_inline int ipv4_dec_ttl(struct __sk_buff *skb, __u8 ttl)
-{
-	__u16 old = bpf_htons((__u16)ttl << 8);
-	__u16 new = bpf_htons((__u16)(ttl - 1) << 8);
-	__u8 nttl = ttl - 1;
-
-	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, new, 2) < 0)
-		return -1;
-	if (bpf_skb_store_bytes(skb, IP_TTL_OFF, &nttl, 1, 0) < 0)
-		return -1;
-	return 0;
-}
-
-static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct endpoint_info *dst, __u8 ttl)
-{
-	__u32 len = skb->len;
-
-	/* TTL 1 would expire here: let the stack answer with ICMP time exceeded. */
-	if (ttl <= 1)
-		return TC_ACT_OK;
-	if (ipv4_dec_ttl(skb, ttl) < 0)
-		return drop(skb, DROP_WRITE_ERROR, METRIC_EGRESS);
-	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), dst->mac, ETH_ALEN, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), dst->node_mac, ETH_ALEN, 0) < 0)
-		return drop(skb, DROP_WRITE_ERROR, METRIC_EGRESS);
-	update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
-	return bpf_redirect(dst->ifindex, 0);
 }
 
 /* Returns the drop reason for a policy verdict. */
@@ -164,7 +139,25 @@ int cil_from_container(struct __sk_buff *skb)
 	dk.ip4 = f.daddr;
 	dst = bpf_map_lookup_elem(&cilium_lxc, &dk);
 	if (dst && !(dst->flags & ENDPOINT_F_HOST))
-		return redirect_to_endpoint(skb, dst, ip4->ttl);
+		return redirect_to_endpoint(skb, dst, ip4->ttl, METRIC_EGRESS);
+
+	/* A pod of another node, in tunnel mode: encapsulate with this endpoint's identity
+	 * as VNI and hand the packet straight to the tunnel device. */
+	if (TUNNEL_IFINDEX) {
+		struct ipcache_value *info = ipcache_lookup4(f.daddr);
+
+		if (info && info->tunnel_endpoint) {
+			__u8 ttl = ip4->ttl;
+
+			if (ttl <= 1)
+				return TC_ACT_OK;
+			if (ipv4_dec_ttl(skb, ttl) < 0 || set_tunnel(skb, info->tunnel_endpoint, self->sec_id) < 0)
+				return drop(skb, DROP_WRITE_ERROR, METRIC_EGRESS);
+			skb->mark = MARK_MAGIC_OVERLAY;
+			update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
+			return bpf_redirect(TUNNEL_IFINDEX, 0);
+		}
+	}
 
 	/* Not a local pod: the node's stack routes it (node addresses, and the world). */
 	update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
@@ -183,6 +176,7 @@ int cil_to_container(struct __sk_buff *skb)
 	__be32 self_ip = 0;
 	__u32 len = skb->len;
 	struct ct_entry *cte = 0;
+	__u32 src_id;
 	int ct, err;
 
 	self = lookup_self(skb, &self_ip);
@@ -198,9 +192,14 @@ int cil_to_container(struct __sk_buff *skb)
 	if (err)
 		return drop(skb, err, METRIC_INGRESS);
 
+	/* Packets from the overlay carry their source's identity in the mark. */
+	src_id = identity_from_mark(skb->mark);
+	if (!src_id)
+		src_id = ipcache_identity4(f.saddr);
+	else
+		skb->mark = 0;
 	ct = ct_lookup4(&f, CT_INGRESS, len, &cte);
 	if (ct != CT_REPLY && !f.related) {
-		__u32 src_id = ipcache_identity4(f.saddr);
 
 		/* The node itself always reaches its pods (Cilium's allow-localhost). */
 		if ((self->flags & (ENDPOINT_F_INGRESS_ENFORCED | ENDPOINT_F_INGRESS_DENIES)) && src_id != ID_HOST) {

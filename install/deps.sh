@@ -8,6 +8,7 @@ pkgs=(
   podman runc containernetworking-plugins         # real CNI client in tests
   busybox-static                                  # container rootfs for podman --rootfs
   iperf3 socat ncat curl                          # traffic peers for tests and benchmarks
+  tcpdump                                         # tests read VXLAN headers off the underlay
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,5 +1,5 @@
 //! Privileged: `cilium connectivity test` against a two-node local cluster passes
-//! every scenario, honours --test filters and --single-node, writes JUnit, and
+//! every scenario (tunnel and native routing), honours --test filters and --single-node, writes JUnit, and
 //! fails (non-zero) when the datapath breaks an expectation.
 mod common;
 
@@ -83,6 +83,34 @@ fn connectivity_test_passes_on_a_two_node_cluster() {
     assert!(
         c.json(&["endpoint", "list"]).as_array().unwrap().is_empty(),
         "workloads cleaned up"
+    );
+}
+
+#[test]
+fn connectivity_test_passes_with_native_routing() {
+    if !privileged() {
+        return;
+    }
+    let _ = cilium(&["local", "down", "--name", "t-conn-native"]);
+    let _c = LocalCluster {
+        name: "t-conn-native".into(),
+    };
+    ok(&[
+        "local",
+        "up",
+        "--name",
+        "t-conn-native",
+        "--nodes",
+        "2",
+        "--pod-cidr",
+        "10.230.0.0/16",
+        "--routing",
+        "native",
+    ]);
+    let out = ok(&["connectivity", "test", "--cluster", "t-conn-native"]);
+    assert!(
+        out.contains("All 11 tests (25 actions) successful, 0 tests skipped"),
+        "{out}"
     );
 }
 

@@ -10,4 +10,7 @@
 #define DROP_UNKNOWN_L3 139    /* "Unknown L3 target address" / unsupported ethertype */
 #define DROP_WRITE_ERROR 141   /* "Error writing to packet" */
 #define DROP_POLICY_DENY 181   /* "Policy denied by denylist" */
-#define DROP_UNKNOWN_SENDER 170 /* "Unknown sender endpoint": program runs on a link with no endpoint */
+#define DROP_NO_TUNNEL_KEY 147  /* "No tunnel/encapsulation key" */
+#define DROP_UNROUTABLE 151     /* "Unroutable" */
+#define DROP_NO_TUNNEL_ENDPOINT 160 /* "No tunnel/encapsulation endpoint" */
+#define DROP_UNKNOWN_SENDER 172 /* "Unknown sender endpoint": program runs on a link with no endpoint */

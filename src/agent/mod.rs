@@ -22,8 +22,8 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::datapath::{
-    link::{mac_string, write_sysctl, LinkError, Netlink},
-    loader::{Datapath, DatapathError},
+    link::{mac_string, write_sysctl, LinkError, Netlink, TunnelProtocol},
+    loader::{Datapath, DatapathConfig, DatapathError},
     maps::EndpointKey,
 };
 use endpoints::{Endpoints, StateError};
@@ -54,9 +54,20 @@ pub struct AgentConfig {
     /// Enter this network namespace before starting (local mode: the node's namespace).
     #[arg(long)]
     pub netns: Option<PathBuf>,
-    /// MTU of pod links.
-    #[arg(long, default_value_t = 1500)]
-    pub mtu: u32,
+    /// MTU of pod links (default: the MTU of the node-ip link, less the tunnel
+    /// overhead in tunnel routing mode; 1500 without a node ip).
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// How pod traffic crosses nodes: `tunnel` encapsulates (the source identity
+    /// travels in the VNI), `native` routes pod CIDRs via the node addresses.
+    #[arg(long, value_enum, default_value = "tunnel")]
+    pub routing_mode: RoutingMode,
+    /// Encapsulation in tunnel routing mode.
+    #[arg(long, value_enum, default_value = "vxlan")]
+    pub tunnel_protocol: TunnelProtocol,
+    /// UDP port of the tunnel (default: 8472 for vxlan, 6081 for geneve, as Cilium).
+    #[arg(long)]
+    pub tunnel_port: Option<u16>,
     /// Policy enforcement: default (when a policy selects the endpoint), always, never.
     #[arg(long, value_enum, default_value = "default")]
     pub enable_policy: PolicyMode,
@@ -99,6 +110,16 @@ fn parse_maglev_size(s: &str) -> Result<u32, String> {
     }
 }
 
+/// Cilium's routing-mode.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingMode {
+    Tunnel,
+    Native,
+}
+
 /// Policy enforcement mode (Cilium's enable-policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PolicyMode {
@@ -139,6 +160,48 @@ pub enum AgentError {
     Conflict(String),
 }
 
+/// The link holding `--node-ip`.
+async fn find_underlay(
+    netlink: &Netlink,
+    ip: Option<Ipv4Addr>,
+) -> Result<Option<crate::datapath::link::LinkInfo>, AgentError> {
+    let Some(ip) = ip else {
+        return Ok(None);
+    };
+    for l in netlink.links().await? {
+        if netlink.addresses_v4(l.index).await?.contains(&ip) {
+            return Ok(Some(l));
+        }
+    }
+    Err(AgentError::BadRequest(format!(
+        "--node-ip {ip} is not an address of any link on this node"
+    )))
+}
+
+/// The flow-based tunnel device of tunnel routing mode (kept across restarts).
+async fn setup_tunnel(
+    netlink: &Netlink,
+    config: &AgentConfig,
+    underlay_mtu: u32,
+) -> Result<crate::datapath::link::LinkInfo, AgentError> {
+    let proto = config.tunnel_protocol;
+    let name = proto.device();
+    if let Some(l) = netlink.link_by_name(name).await? {
+        return Ok(l);
+    }
+    let port = config.tunnel_port.unwrap_or(proto.default_port());
+    // The device's own MTU: what an inner packet may be (the underlay's less the overhead).
+    netlink
+        .add_tunnel(proto, name, port, underlay_mtu - proto.overhead())
+        .await?;
+    let link = netlink.link(name).await?;
+    // No IPv6 routing over the tunnel yet: the device needs no IPv6 (it would send
+    // router solicitations that nobody can encapsulate). Set before it goes up.
+    let _ = write_sysctl(&format!("net.ipv6.conf.{name}.disable_ipv6"), "1");
+    netlink.set_up(link.index).await?;
+    Ok(netlink.link(name).await?)
+}
+
 /// Everything the agent owns, behind one lock.
 pub struct AgentState {
     pub config: AgentConfig,
@@ -155,6 +218,10 @@ pub struct AgentState {
     pub node_ips: Vec<Ipv4Addr>,
     /// The link holding `--node-ip` (routes to other nodes go out there).
     pub underlay_link: Option<u32>,
+    /// The tunnel device (tunnel routing mode with a node ip).
+    pub tunnel_link: Option<u32>,
+    /// MTU of pod links.
+    pub mtu: u32,
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
@@ -167,8 +234,26 @@ impl AgentState {
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
         let ipam = Ipam::new(config.pod_cidr, config.pod_cidr_v6)?;
         let endpoints = Endpoints::open(&config.state_dir)?;
-        let datapath = Datapath::load(&config.bpf_root, config.maglev_table_size)?;
         let netlink = Netlink::connect()?;
+        let underlay = find_underlay(&netlink, config.node_ip).await?;
+        let underlay_mtu = underlay.as_ref().map_or(1500, |l| l.mtu);
+        let tunnel = match (config.routing_mode, &underlay) {
+            (RoutingMode::Tunnel, Some(_)) => {
+                Some(setup_tunnel(&netlink, &config, underlay_mtu).await?)
+            }
+            _ => None,
+        };
+        let mtu = config.mtu.unwrap_or(match tunnel {
+            Some(_) => underlay_mtu - config.tunnel_protocol.overhead(),
+            None => underlay_mtu,
+        });
+        let datapath = Datapath::load(
+            &config.bpf_root,
+            DatapathConfig {
+                maglev_size: config.maglev_table_size,
+                tunnel_ifindex: tunnel.as_ref().map(|l| l.index),
+            },
+        )?;
         let id_dir = config
             .identity_dir
             .clone()
@@ -191,9 +276,15 @@ impl AgentState {
             policy: Default::default(),
             lb: Default::default(),
             node_ips: Vec::new(),
-            underlay_link: None,
+            underlay_link: underlay.as_ref().map(|l| l.index),
+            tunnel_link: tunnel.as_ref().map(|l| l.index),
+            mtu,
         };
         st.setup_host().await?;
+        if let Some(t) = &tunnel {
+            st.datapath.attach_overlay(&t.name)?;
+            info!(device = %t.name, mtu, "tunnel routing: overlay datapath attached");
+        }
         st.announce_node().await?;
         for dev in st.config.devices.clone() {
             let link = st.netlink.link_by_name(&dev).await?.ok_or_else(|| {
@@ -224,9 +315,7 @@ impl AgentState {
         let host = match self.netlink.link_by_name(HOST_DEV).await? {
             Some(l) => l,
             None => {
-                self.netlink
-                    .add_veth(HOST_DEV, NET_DEV, self.config.mtu)
-                    .await?;
+                self.netlink.add_veth(HOST_DEV, NET_DEV, self.mtu).await?;
                 self.netlink.link(HOST_DEV).await?
             }
         };
@@ -278,21 +367,11 @@ impl AgentState {
         Ok(())
     }
 
-    /// Finds the link of `--node-ip` and announces this node in the store (CiliumNode).
+    /// Announces this node in the store (CiliumNode).
     async fn announce_node(&mut self) -> Result<(), AgentError> {
         let Some(ip) = self.config.node_ip else {
             return Ok(());
         };
-        for l in self.netlink.links().await? {
-            if self.netlink.addresses_v4(l.index).await?.contains(&ip) {
-                self.underlay_link = Some(l.index);
-            }
-        }
-        if self.underlay_link.is_none() {
-            return Err(AgentError::BadRequest(format!(
-                "--node-ip {ip} is not an address of any link on this node"
-            )));
-        }
         if let Some(store) = &self.store {
             store.put_node(&store::NodeObject {
                 name: self.config.node_name.clone(),
@@ -307,9 +386,9 @@ impl AgentState {
     /// What the maps hold from before a restart becomes the base of the first diff,
     /// so stale entries are pruned and unchanged ones are not rewritten.
     fn adopt_maps(&mut self) -> Result<(), AgentError> {
-        for (net, id) in self.datapath.ipcache_entries()? {
+        for (net, entry) in self.datapath.ipcache_entries()? {
             if let ipnet::IpNet::V4(n) = net {
-                self.policy.ipcache.insert(n, id);
+                self.policy.ipcache.insert(n, entry);
             }
         }
         self.lb.maps = self.datapath.lb_entries()?;
@@ -367,7 +446,7 @@ impl AgentState {
                 cidr: self.ipam.v4.cidr(),
             },
             ipv6,
-            mtu: self.config.mtu,
+            mtu: self.mtu,
         })
     }
 
@@ -546,6 +625,12 @@ impl AgentState {
                 (false, false) => format!("Partial [NodePort on {}]", self.config.devices.join(",")),
                 (false, true) => "False".into(),
             },
+            routing: match (self.tunnel_link, self.underlay_link) {
+                (Some(_), _) => format!("Tunnel [{}]", self.config.tunnel_protocol.name()),
+                (None, Some(_)) => "Native".into(),
+                (None, None) => "Single node".into(),
+            },
+            mtu: self.mtu,
             policy_revision: self.policy.generation.unwrap_or(0),
             last_regeneration_ms: self.policy.last_regeneration.as_secs_f64() * 1e3,
             services: self.lb.state.as_ref().map_or(0, |s| s.services.len()),

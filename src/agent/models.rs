@@ -138,6 +138,11 @@ pub struct StatusResponse {
     pub ipam_used: usize,
     pub bpf_root: String,
     pub kube_proxy_replacement: String,
+    /// How pod traffic crosses nodes: "Tunnel [vxlan]", "Native" or "Single node".
+    #[serde(default)]
+    pub routing: String,
+    #[serde(default)]
+    pub mtu: u32,
     #[serde(default)]
     pub policy_revision: u64,
     #[serde(default)]

@@ -16,7 +16,7 @@ use super::{
 use crate::{
     datapath::{
         maps::{
-            EndpointInfo, EndpointKey, PolicyKeyData, ENDPOINT_F_EGRESS_DENIES,
+            EndpointInfo, EndpointKey, IpcacheEntry, PolicyKeyData, ENDPOINT_F_EGRESS_DENIES,
             ENDPOINT_F_EGRESS_ENFORCED, ENDPOINT_F_INGRESS_DENIES, ENDPOINT_F_INGRESS_ENFORCED,
         },
         policymap::lpm_keys,
@@ -35,7 +35,7 @@ pub struct PolicyState {
     pub rules: Vec<Rule>,
     pub policy_names: Vec<String>,
     pub cidr_ids: BTreeMap<IpNet, u32>,
-    pub ipcache: BTreeMap<Ipv4Net, u32>,
+    pub ipcache: BTreeMap<Ipv4Net, IpcacheEntry>,
     pub entries: BTreeMap<(u32, PolicyKeyData), bool>,
     pub per_endpoint: BTreeMap<u16, EndpointPolicy>,
     pub identities: Vec<IdentityInfo>,
@@ -200,34 +200,54 @@ impl AgentState {
         let eps: Vec<Endpoint> = self.endpoints.list().cloned().collect();
 
         // 3. Desired ipcache.
-        let mut want_ipcache: BTreeMap<Ipv4Net, u32> = BTreeMap::new();
-        want_ipcache.insert(Ipv4Net::default(), reserved::WORLD);
+        let mut want_ipcache: BTreeMap<Ipv4Net, IpcacheEntry> = BTreeMap::new();
+        let local = IpcacheEntry::local;
+        want_ipcache.insert(Ipv4Net::default(), local(reserved::WORLD));
         for (c, id) in &self.policy.cidr_ids {
             if let IpNet::V4(n) = c {
-                want_ipcache.insert(*n, *id);
+                want_ipcache.insert(*n, local(*id));
             }
         }
-        want_ipcache.insert(host_net(self.router_v4()), reserved::HOST);
-        // Other nodes: their addresses are remote-node, their endpoints carry their identities.
+        want_ipcache.insert(host_net(self.router_v4()), local(reserved::HOST));
+        // Other nodes: their addresses are remote-node, their endpoints carry their
+        // identities; in tunnel mode their pods (and pod CIDRs, for addresses not yet
+        // known) are reached through the tunnel to the node.
         let me = self.config.node_name.clone();
+        let tunnel = self.tunnel_link.is_some();
+        let mut node_of: BTreeMap<&str, Ipv4Addr> = BTreeMap::new();
         for n in &snap.nodes {
-            let id = if n.name == me {
-                reserved::HOST
-            } else {
-                reserved::REMOTE_NODE
-            };
-            want_ipcache.insert(host_net(n.ip), id);
-        }
-        for (node, eps) in &snap.endpoints {
-            if node == &me || !snap.nodes.iter().any(|n| &n.name == node) {
+            if n.name == me {
+                want_ipcache.insert(host_net(n.ip), local(reserved::HOST));
                 continue;
             }
+            node_of.insert(&n.name, n.ip);
+            want_ipcache.insert(host_net(n.ip), local(reserved::REMOTE_NODE));
+            if tunnel {
+                want_ipcache.insert(
+                    n.pod_cidr,
+                    IpcacheEntry {
+                        identity: reserved::WORLD,
+                        tunnel: Some(n.ip),
+                    },
+                );
+            }
+        }
+        for (node, eps) in &snap.endpoints {
+            let Some(node_ip) = node_of.get(node.as_str()) else {
+                continue;
+            };
             for e in eps {
-                want_ipcache.insert(host_net(e.ip), e.identity);
+                want_ipcache.insert(
+                    host_net(e.ip),
+                    IpcacheEntry {
+                        identity: e.identity,
+                        tunnel: tunnel.then_some(*node_ip),
+                    },
+                );
             }
         }
         for ep in &eps {
-            want_ipcache.insert(host_net(ep.ipv4), ep.identity);
+            want_ipcache.insert(host_net(ep.ipv4), local(ep.identity));
         }
 
         // 4. Desired policy per endpoint.
@@ -285,9 +305,9 @@ impl AgentState {
         //    flags, then removals.
         let mut writes = self.regenerate_services(&snap)?;
         writes += self.regenerate_routes(&snap).await?;
-        for (net, id) in &want_ipcache {
-            if self.policy.ipcache.get(net) != Some(id) {
-                self.datapath.ipcache_upsert(*net, *id)?;
+        for (net, entry) in &want_ipcache {
+            if self.policy.ipcache.get(net) != Some(entry) {
+                self.datapath.ipcache_upsert(*net, *entry)?;
                 writes += 1;
             }
         }
@@ -360,11 +380,15 @@ impl AgentState {
         Ok(())
     }
 
-    /// Native routing: each other node's pod CIDR via its address; routes of nodes that
-    /// left are removed.
+    /// Routes to each other node's pod CIDR: native routing via the node's address;
+    /// tunnel routing into the tunnel device (bpf_overlay encapsulates what the node
+    /// itself sends there), from this node's address. Routes of nodes that left are
+    /// removed.
     async fn regenerate_routes(&mut self, snap: &Snapshot) -> Result<usize, AgentError> {
-        let Some(link) = self.underlay_link else {
-            return Ok(0);
+        let (link, via) = match (self.tunnel_link, self.underlay_link) {
+            (Some(t), _) => (t, false),
+            (None, Some(u)) => (u, true),
+            (None, None) => return Ok(0),
         };
         let want: BTreeMap<Ipv4Net, Ipv4Addr> = snap
             .nodes
@@ -373,10 +397,15 @@ impl AgentState {
             .map(|n| (n.pod_cidr, n.ip))
             .collect();
         let mut writes = 0;
-        for (cidr, via) in &want {
-            if self.policy.node_routes.get(cidr) != Some(via) {
+        for (cidr, node_ip) in &want {
+            if self.policy.node_routes.get(cidr) != Some(node_ip) {
+                let (gw, src) = if via {
+                    (Some(*node_ip), None)
+                } else {
+                    (None, self.config.node_ip)
+                };
                 self.netlink
-                    .replace_route_v4(cidr.network(), cidr.prefix_len(), link, Some(*via), None)
+                    .replace_route_v4(cidr.network(), cidr.prefix_len(), link, gw, src)
                     .await?;
                 writes += 1;
             }
@@ -389,7 +418,7 @@ impl AgentState {
         {
             let msg_err = self
                 .netlink
-                .delete_route_v4(cidr.network(), cidr.prefix_len(), link, true)
+                .delete_route_v4(cidr.network(), cidr.prefix_len(), link, via)
                 .await;
             if let Err(e) = msg_err {
                 warn!(error = %e, %cidr, "removing the route of a node that left");

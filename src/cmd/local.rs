@@ -16,11 +16,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{
+    agent::RoutingMode,
     agent::{
         client::Client,
         store::{PodObject, Store},
     },
-    datapath::netns,
+    datapath::{link::TunnelProtocol, netns},
 };
 
 /// Where local clusters keep their state.
@@ -47,6 +48,18 @@ pub struct NodeSpec {
     /// Devices the agent attaches bpf_host to (NodePort).
     #[serde(default)]
     pub devices: Vec<String>,
+    #[serde(default = "default_routing")]
+    pub routing: RoutingMode,
+    #[serde(default = "default_tunnel_protocol")]
+    pub tunnel_protocol: TunnelProtocol,
+}
+
+fn default_routing() -> RoutingMode {
+    RoutingMode::Native
+}
+
+fn default_tunnel_protocol() -> TunnelProtocol {
+    TunnelProtocol::Vxlan
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -289,6 +302,8 @@ pub struct UpOptions {
     pub pod_cidr: ipnet::Ipv4Net,
     pub nodes: usize,
     pub timeout: Duration,
+    pub routing: RoutingMode,
+    pub tunnel_protocol: TunnelProtocol,
 }
 
 /// Splits the pod CIDR pool over the nodes: the whole pool for one node, a /24 each
@@ -381,6 +396,8 @@ async fn up_inner(opts: &UpOptions, dir: &Path) -> Result<Cluster> {
             cgroup: Some(create_cgroup(&opts.name, &node_name)?),
             node_ip: Some(node_ip(k + 1)),
             devices,
+            routing: opts.routing,
+            tunnel_protocol: opts.tunnel_protocol,
         });
     }
     // Written before the agents start so `down` finds everything even if a start fails.
@@ -647,6 +664,13 @@ pub fn start_agent(node: &NodeSpec) -> Result<u32> {
                 .iter()
                 .flat_map(|ip| ["--node-ip".to_string(), ip.to_string()]),
         )
+        .arg("--routing-mode")
+        .arg(match node.routing {
+            RoutingMode::Tunnel => "tunnel",
+            RoutingMode::Native => "native",
+        })
+        .arg("--tunnel-protocol")
+        .arg(node.tunnel_protocol.name())
         .args(if node.devices.is_empty() {
             vec![]
         } else {

@@ -268,10 +268,16 @@ enum LocalCmd {
         /// (then give a larger pool, e.g. 10.200.0.0/16)
         #[arg(long, default_value = "10.200.0.0/24")]
         pod_cidr: ipnet::Ipv4Net,
-        /// Number of nodes (network namespaces with an agent each, joined by an underlay;
-        /// native routing between their pod CIDRs)
+        /// Number of nodes (network namespaces with an agent each, joined by an underlay)
         #[arg(long, default_value_t = 1)]
         nodes: usize,
+        /// How pod traffic crosses nodes: tunnel (encapsulated, identity in the VNI) or
+        /// native (routes to each node's pod CIDR over the underlay)
+        #[arg(long, value_enum, default_value = "tunnel")]
+        routing: agent::RoutingMode,
+        /// Encapsulation in tunnel mode
+        #[arg(long, value_enum, default_value = "vxlan")]
+        tunnel_protocol: crate::datapath::link::TunnelProtocol,
         /// How long to wait for the agents
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
@@ -446,7 +452,7 @@ fn run(cli: Cli) -> Result<i32> {
             let st = runtime()?.block_on(client.status())?;
             render(output, &st, || {
                 format!(
-                    "Node:                   {}\nCilium:                 {} ({})\nPod CIDR:               {}{}\nRouter IP:              {}\nEndpoints:              {}\nIPAM:                   {} allocated\nBPF root:               {}\nKubeProxyReplacement:   {}\nPolicy enforcement:     {} (revision {})\nUptime:                 {}s\n",
+                    "Node:                   {}\nCilium:                 {} ({})\nPod CIDR:               {}{}\nRouter IP:              {}\nEndpoints:              {}\nIPAM:                   {} allocated\nBPF root:               {}\nKubeProxyReplacement:   {}\nRouting:                {} (MTU {})\nPolicy enforcement:     {} (revision {})\nUptime:                 {}s\n",
                     st.node_name,
                     st.state,
                     st.version,
@@ -457,6 +463,8 @@ fn run(cli: Cli) -> Result<i32> {
                     st.ipam_used,
                     st.bpf_root,
                     st.kube_proxy_replacement,
+                    st.routing,
+                    st.mtu,
                     st.policy_enforcement,
                     st.policy_revision,
                     st.uptime_seconds
@@ -823,18 +831,28 @@ fn run(cli: Cli) -> Result<i32> {
             struct Row {
                 prefix: String,
                 identity: u32,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                tunnel_endpoint: Option<std::net::Ipv4Addr>,
             }
             let rows: Vec<Row> = loader::read_ipcache(&root)?
                 .into_iter()
-                .map(|(n, id)| Row {
+                .map(|(n, e)| Row {
                     prefix: n.to_string(),
-                    identity: id,
+                    identity: e.identity,
+                    tunnel_endpoint: e.tunnel,
                 })
                 .collect();
             render(output, &rows, || {
                 let mut s = format!("{:<20} {}\n", "IP PREFIX/ADDRESS", "IDENTITY");
                 for r in &rows {
-                    s += &format!("{:<20} identity={}\n", r.prefix, r.identity);
+                    s += &format!(
+                        "{:<20} identity={} encryptkey=0 tunnelendpoint={}\n",
+                        r.prefix,
+                        r.identity,
+                        r.tunnel_endpoint
+                            .map(|t| t.to_string())
+                            .unwrap_or_else(|| "0.0.0.0".into())
+                    );
                 }
                 s
             })
@@ -959,6 +977,8 @@ fn run_local(cmd: LocalCmd) -> Result<i32> {
             name,
             pod_cidr,
             nodes,
+            routing,
+            tunnel_protocol,
             timeout,
         } => {
             let start = std::time::Instant::now();
@@ -967,6 +987,8 @@ fn run_local(cmd: LocalCmd) -> Result<i32> {
                 pod_cidr,
                 nodes,
                 timeout,
+                routing,
+                tunnel_protocol,
             }))?;
             let list: Vec<String> = c
                 .nodes

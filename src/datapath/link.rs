@@ -22,12 +22,58 @@ pub enum LinkError {
     },
     #[error("link {0} not found")]
     NotFound(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Encapsulation of tunnel routing mode.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelProtocol {
+    Vxlan,
+    Geneve,
+}
+
+impl TunnelProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vxlan => "vxlan",
+            Self::Geneve => "geneve",
+        }
+    }
+    /// The kernel option the driver needs.
+    pub fn kconfig(self) -> &'static str {
+        match self {
+            Self::Vxlan => "CONFIG_VXLAN",
+            Self::Geneve => "CONFIG_GENEVE",
+        }
+    }
+    /// Cilium's device name and default UDP port.
+    pub fn device(self) -> &'static str {
+        match self {
+            Self::Vxlan => "cilium_vxlan",
+            Self::Geneve => "cilium_geneve",
+        }
+    }
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Vxlan => 8472,
+            Self::Geneve => 6081,
+        }
+    }
+    /// Bytes of outer headers (IPv4 + UDP + tunnel header + inner Ethernet).
+    pub fn overhead(self) -> u32 {
+        50
+    }
 }
 
 const ENOENT: i32 = 2;
 const ENODEV: i32 = 19;
 const EEXIST: i32 = 17;
 const ESRCH: i32 = 3;
+const EOPNOTSUPP: i32 = 95;
 
 impl LinkError {
     fn errno(&self) -> Option<i32> {
@@ -190,6 +236,53 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl(format!("creating veth pair {name}/{peer}")))
+    }
+
+    /// Creates a flow-based ("external", collect_md) tunnel device: the tunnel endpoint
+    /// and VNI of each packet come from its metadata (set by bpf_lxc/bpf_overlay), as
+    /// Cilium's cilium_vxlan / cilium_geneve. Created down, ARP off, learning off.
+    pub async fn add_tunnel(
+        &self,
+        proto: TunnelProtocol,
+        name: &str,
+        port: u16,
+        mtu: u32,
+    ) -> Result<(), LinkError> {
+        let msg = match proto {
+            TunnelProtocol::Vxlan => rtnetlink::LinkVxlan::new(name, 0)
+                .collect_metadata(true)
+                .learning(false)
+                .port(port)
+                .mtu(mtu)
+                .arp(false)
+                .build(),
+            TunnelProtocol::Geneve => {
+                use rtnetlink::packet_route::link::InfoGeneve;
+                rtnetlink::LinkGeneve::new(name, 0)
+                    .append_info_data(InfoGeneve::CollectMetadata)
+                    .append_info_data(InfoGeneve::Port(port))
+                    .mtu(mtu)
+                    .arp(false)
+                    .build()
+            }
+        };
+        match self.handle.link().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl(format!("creating {} device {name}", proto.name()))(e);
+                // The kernel answers "operation not supported" for a link kind whose
+                // driver it was built without.
+                if e.errno() == Some(EOPNOTSUPP) {
+                    Err(LinkError::Unsupported(format!(
+                        "this kernel has no {} driver ({}): use the vxlan tunnel protocol or native routing",
+                        proto.name(),
+                        proto.kconfig()
+                    )))
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     /// Creates a bridge.

@@ -97,8 +97,22 @@ pub struct Datapath {
     ebpf: Ebpf,
     sock: Ebpf,
     host: Ebpf,
+    /// bpf_overlay, in tunnel routing mode.
+    overlay: Option<Ebpf>,
     root: PathBuf,
 }
+
+/// Load-time settings of the datapath objects.
+#[derive(Debug, Clone, Copy)]
+pub struct DatapathConfig {
+    /// Size of the Maglev tables the agent writes.
+    pub maglev_size: u32,
+    /// The tunnel device (tunnel routing mode), or None in native routing mode.
+    pub tunnel_ifindex: Option<u32>,
+}
+
+const PROG_FROM_OVERLAY: &str = "cil_from_overlay";
+const PROG_TO_OVERLAY: &str = "cil_to_overlay";
 
 const PROG_FROM_NETDEV: &str = "cil_from_netdev";
 const PROG_TO_NETDEV: &str = "cil_to_netdev";
@@ -140,32 +154,56 @@ fn link_err<'a>(
 }
 
 impl Datapath {
-    /// Loads bpf_lxc, bpf_sock and bpf_host with their maps pinned (or re-opened)
-    /// under `root`; `maglev_size` is the size of the Maglev tables the agent writes.
-    pub fn load(root: &Path, maglev_size: u32) -> Result<Self> {
+    /// Loads bpf_lxc, bpf_sock, bpf_host (and bpf_overlay in tunnel mode) with their
+    /// maps pinned (or re-opened) under `root`.
+    pub fn load(root: &Path, cfg: DatapathConfig) -> Result<Self> {
         ensure_bpffs()?;
         for dir in [root.to_path_buf(), root.join("links")] {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| DatapathError::Dir { path: dir, source })?;
         }
-        let mut ebpf = open_object(root, super::BPF_LXC, "bpf_lxc.o", None)?;
+        let tunnel = cfg.tunnel_ifindex.unwrap_or(0);
+        let mut ebpf = open_object(
+            root,
+            super::BPF_LXC,
+            "bpf_lxc.o",
+            &[("TUNNEL_IFINDEX", tunnel)],
+        )?;
         load_programs(
             &mut ebpf,
             &[PROG_FROM_CONTAINER, PROG_TO_CONTAINER],
             SchedClassifier::load,
         )?;
-        let mut host = open_object(root, super::BPF_HOST, "bpf_host.o", Some(maglev_size))?;
+        let mut host = open_object(
+            root,
+            super::BPF_HOST,
+            "bpf_host.o",
+            &[("MAGLEV_TABLE_SIZE", cfg.maglev_size)],
+        )?;
         load_programs(
             &mut host,
             &[PROG_FROM_NETDEV, PROG_TO_NETDEV],
             SchedClassifier::load,
         )?;
-        let mut sock = open_object(root, super::BPF_SOCK, "bpf_sock.o", None)?;
+        let mut sock = open_object(root, super::BPF_SOCK, "bpf_sock.o", &[])?;
         load_programs(&mut sock, &SOCK_PROGRAMS, CgroupSockAddr::load)?;
+        let overlay = match cfg.tunnel_ifindex {
+            Some(_) => {
+                let mut o = open_object(root, super::BPF_OVERLAY, "bpf_overlay.o", &[])?;
+                load_programs(
+                    &mut o,
+                    &[PROG_FROM_OVERLAY, PROG_TO_OVERLAY],
+                    SchedClassifier::load,
+                )?;
+                Some(o)
+            }
+            None => None,
+        };
         Ok(Self {
             ebpf,
             sock,
             host,
+            overlay,
             root: root.to_path_buf(),
         })
     }
@@ -200,6 +238,27 @@ impl Datapath {
             ),
         ];
         attach_tcx(&mut self.host, ifname, pins)
+    }
+
+    /// Attaches bpf_overlay to the tunnel device, pinned like pod links.
+    pub fn attach_overlay(&mut self, ifname: &str) -> Result<()> {
+        let links = self.root.join("links");
+        let pins = [
+            (
+                links.join(format!("overlay_{ifname}_from")),
+                PROG_FROM_OVERLAY,
+                TcAttachType::Ingress,
+            ),
+            (
+                links.join(format!("overlay_{ifname}_to")),
+                PROG_TO_OVERLAY,
+                TcAttachType::Egress,
+            ),
+        ];
+        let overlay = self.overlay.as_mut().ok_or(DatapathError::MissingProgram(
+            "bpf_overlay (the datapath was loaded for native routing)",
+        ))?;
+        attach_tcx(overlay, ifname, pins)
     }
 
     /// Writes one Maglev table slot.
@@ -424,15 +483,10 @@ impl Datapath {
         })
     }
 
-    /// Maps an IPv4 prefix to a security identity.
-    pub fn ipcache_upsert(&mut self, net: ipnet::Ipv4Net, identity: u32) -> Result<()> {
+    /// Maps an IPv4 prefix to a security identity (and tunnel endpoint).
+    pub fn ipcache_upsert(&mut self, net: ipnet::Ipv4Net, entry: IpcacheEntry) -> Result<()> {
         let (len, data) = IpcacheKey::v4(net);
-        let value = IpcacheValue {
-            sec_identity: identity,
-            tunnel_endpoint: 0,
-            flags: 0,
-            pad: [0; 3],
-        };
+        let value = IpcacheValue::new(entry);
         self.lpm::<IpcacheKey, IpcacheValue>(MAP_IPCACHE)?
             .insert(&LpmKey::new(len, data), value, 0)
             .map_err(|e| DatapathError::Map {
@@ -450,12 +504,12 @@ impl Datapath {
         Ok(())
     }
 
-    /// Current ipcache content: prefix -> identity.
-    pub fn ipcache_entries(&mut self) -> Result<Vec<(ipnet::IpNet, u32)>> {
+    /// Current ipcache content: prefix -> identity and tunnel endpoint.
+    pub fn ipcache_entries(&mut self) -> Result<Vec<(ipnet::IpNet, IpcacheEntry)>> {
         let m = self.lpm::<IpcacheKey, IpcacheValue>(MAP_IPCACHE)?;
         Ok(lpm_dump(&m)
             .into_iter()
-            .filter_map(|(len, k, v)| k.to_net(len).map(|n| (n, v.sec_identity)))
+            .filter_map(|(len, k, v)| k.to_net(len).map(|n| (n, v.entry())))
             .collect())
     }
 
@@ -613,13 +667,13 @@ where
     })
 }
 
-/// The pinned ipcache under `root`: (prefix, identity), sorted.
-pub fn read_ipcache(root: &Path) -> Result<Vec<(ipnet::IpNet, u32)>> {
+/// The pinned ipcache under `root`: (prefix, entry), sorted.
+pub fn read_ipcache(root: &Path) -> Result<Vec<(ipnet::IpNet, IpcacheEntry)>> {
     let m: LpmTrie<MapData, IpcacheKey, IpcacheValue> =
         pinned(root, MAP_IPCACHE, aya::maps::Map::LpmTrie)?;
-    let mut v: Vec<(ipnet::IpNet, u32)> = lpm_dump(&m)
+    let mut v: Vec<(ipnet::IpNet, IpcacheEntry)> = lpm_dump(&m)
         .into_iter()
-        .filter_map(|(len, k, v)| k.to_net(len).map(|n| (n, v.sec_identity)))
+        .filter_map(|(len, k, v)| k.to_net(len).map(|n| (n, v.entry())))
         .collect();
     v.sort();
     Ok(v)
@@ -759,12 +813,12 @@ fn open_object(
     root: &Path,
     bytes: &[u8],
     object: &'static str,
-    maglev_size: Option<u32>,
+    globals: &[(&str, u32)],
 ) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(root);
-    if let Some(m) = maglev_size.as_ref() {
-        loader.override_global("MAGLEV_TABLE_SIZE", m, true);
+    for (name, value) in globals {
+        loader.override_global(name, value, true);
     }
     loader.load(bytes).map_err(|e| DatapathError::Load {
         object,

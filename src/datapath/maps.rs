@@ -144,6 +144,41 @@ pub struct IpcacheValue {
     pub pad: [u8; 3],
 }
 
+impl IpcacheValue {
+    pub fn new(entry: IpcacheEntry) -> Self {
+        Self {
+            sec_identity: entry.identity,
+            tunnel_endpoint: entry.tunnel.map(|ip| u32::from(ip).to_be()).unwrap_or(0),
+            flags: 0,
+            pad: [0; 3],
+        }
+    }
+    pub fn entry(&self) -> IpcacheEntry {
+        IpcacheEntry {
+            identity: self.sec_identity,
+            tunnel: (self.tunnel_endpoint != 0)
+                .then(|| Ipv4Addr::from(u32::from_be(self.tunnel_endpoint))),
+        }
+    }
+}
+
+/// What the ipcache says of a prefix: its identity and, for another node's pods in
+/// tunnel routing mode, the node to encapsulate to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IpcacheEntry {
+    pub identity: u32,
+    pub tunnel: Option<Ipv4Addr>,
+}
+
+impl IpcacheEntry {
+    pub fn local(identity: u32) -> Self {
+        Self {
+            identity,
+            tunnel: None,
+        }
+    }
+}
+
 /// Data part of a `cilium_policy` LPM key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -378,7 +413,10 @@ pub fn reason_name(reason: u8) -> &'static str {
         139 => "Unknown L3 target address",
         141 => "Error writing to packet",
         158 => "Service backend not found",
-        170 => "Unknown sender endpoint",
+        147 => "No tunnel/encapsulation key",
+        151 => "Unroutable",
+        160 => "No tunnel/encapsulation endpoint",
+        172 => "Unknown sender endpoint",
         _ => "Unknown reason",
     }
 }

@@ -14,12 +14,17 @@ pub static BPF_HOST: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 /// The socket load balancer (bpf_sock.c), compiled by build.rs.
 pub static BPF_SOCK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpf_sock.o"));
 
+/// The tunnel device program (bpf_overlay.c), compiled by build.rs.
+pub static BPF_OVERLAY: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpf_overlay.o"));
+
 /// Every eBPF object embedded in the binary, by name.
 pub fn embedded_objects() -> Vec<(&'static str, &'static [u8])> {
     vec![
         ("bpf_lxc.o", BPF_LXC),
         ("bpf_sock.o", BPF_SOCK),
         ("bpf_host.o", BPF_HOST),
+        ("bpf_overlay.o", BPF_OVERLAY),
     ]
 }
 
