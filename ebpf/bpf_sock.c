@@ -9,6 +9,7 @@
 #include "lib/drop.h"
 #include "lib/maps.h"
 #include "lib/lb.h"
+#include "lib/ipcache.h"
 
 #define SYS_REJECT 0
 #define SYS_PROCEED 1
@@ -80,15 +81,27 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __u8 proto)
 	struct lb4_backend *be;
 	__u32 backend_id = 0;
 
+	__be32 key_addr = addr;
+
 	svc = lb4_lookup_service(addr, port, proto);
-	if (!svc)
-		return SYS_PROCEED;
+	if (!svc) {
+		/* NodePort on any node's address (this node's or another's, as the ipcache
+		 * knows them): the 0.0.0.0 surrogate, translated right here. */
+		__u32 id = ipcache_identity4(addr);
+
+		if (id != ID_HOST && id != ID_REMOTE_NODE)
+			return SYS_PROCEED;
+		svc = lb4_lookup_service(0, port, proto);
+		if (!svc || !(svc->flags & SVC_F_SURROGATE))
+			return SYS_PROCEED;
+		key_addr = 0;
+	}
 	if (svc->count == 0) {
 		update_metrics(DROP_NO_SERVICE, METRIC_EGRESS, 0);
 		bpf_set_retval(-ECONNREFUSED);
 		return SYS_REJECT;
 	}
-	be = lb4_pick(ctx, addr, port, proto, svc, &backend_id);
+	be = lb4_pick(ctx, key_addr, port, proto, svc, &backend_id);
 	if (!be) {
 		update_metrics(DROP_NO_SERVICE, METRIC_EGRESS, 0);
 		bpf_set_retval(-ECONNREFUSED);

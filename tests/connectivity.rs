@@ -34,10 +34,17 @@ fn connectivity_test_passes_on_a_two_node_cluster() {
         junit.to_str().unwrap(),
     ]);
     assert!(
-        out.contains("All 11 tests (25 actions) successful, 0 tests skipped"),
+        out.contains("All 18 tests (59 actions) successful, 0 tests skipped"),
         "{out}"
     );
-    assert!(out.contains("pod-to-pod (other node)"), "{out}");
+    for action in [
+        "pod-to-pod (other node)",
+        "pod-to-hostport",
+        "pod-to-remote-nodeport",
+        "client denied (other node)",
+    ] {
+        assert!(out.contains(&format!("✅ {action}")), "{action}: {out}");
+    }
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(
         xml.contains("failures=\"0\"") && xml.contains("testcase name=\"all-egress-deny\""),
@@ -107,9 +114,16 @@ fn connectivity_test_passes_with_native_routing() {
         "--routing",
         "native",
     ]);
-    let out = ok(&["connectivity", "test", "--cluster", "t-conn-native"]);
+    let out = ok(&[
+        "connectivity",
+        "test",
+        "--cluster",
+        "t-conn-native",
+        "--test-concurrency",
+        "4",
+    ]);
     assert!(
-        out.contains("All 11 tests (25 actions) successful, 0 tests skipped"),
+        out.contains("All 18 tests (59 actions) successful, 0 tests skipped"),
         "{out}"
     );
 }

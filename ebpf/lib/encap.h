@@ -7,8 +7,6 @@
 #include "common.h"
 #include "ipcache.h"
 
-#define ID_REMOTE_NODE 6
-
 /* skb->mark layout (Cilium's MARK_MAGIC_IDENTITY): identity bits 0-15 in the upper
  * half, bits 16-23 in the low byte, magic in bits 8-11. */
 #define MARK_MAGIC_MASK 0x0F00

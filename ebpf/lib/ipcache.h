@@ -11,6 +11,7 @@
 #define ID_UNKNOWN 0
 #define ID_HOST 1
 #define ID_WORLD 2
+#define ID_REMOTE_NODE 6
 
 struct ipcache_key {
 	__u32 prefixlen; /* IPCACHE_STATIC_PREFIX + address bits */

@@ -297,6 +297,12 @@ impl AgentState {
             st.datapath.attach_device(&dev)?;
             info!(device = %dev, "NodePort datapath attached");
         }
+        // The node address is a NodePort/HostPort frontend too (socket LB answers it).
+        if let Some(ip) = st.config.node_ip {
+            if !st.node_ips.contains(&ip) {
+                st.node_ips.push(ip);
+            }
+        }
         if let Some(cg) = st.config.cgroup_root.clone() {
             st.datapath.attach_cgroup(&cg)?;
             info!(cgroup = %cg.display(), "socket load balancer attached");

@@ -206,7 +206,9 @@ impl AgentState {
         let node = NodeView {
             node_name: &self.config.node_name,
             node_ips: &node_ips,
-            nodeport_enabled: !self.config.devices.is_empty(),
+            // NodePort is on with the socket LB (pods and the node reach any node's
+            // address) or with NodePort devices (traffic from outside).
+            nodeport_enabled: !self.config.devices.is_empty() || self.config.cgroup_root.is_some(),
         };
         let (hp_services, hp_slices) = self.host_port_services(&node_ips);
         let state = if hp_services.is_empty() {

@@ -22,6 +22,8 @@ pub struct Options {
     pub json: bool,
     pub junit_file: Option<PathBuf>,
     pub keep: bool,
+    /// Actions of a test run at once.
+    pub concurrency: usize,
 }
 
 pub const NS: &str = "cilium-test";
@@ -30,6 +32,10 @@ const NODEPORT: u16 = 31000;
 const SVC_SAME: &str = "10.96.100.10";
 const SVC_OTHER: &str = "10.96.100.11";
 const OUTSIDE: &str = "203.0.113.2";
+/// A second outside address (cilium-cli's pod-to-cidr targets).
+const OUTSIDE_CIDR: &str = "198.51.100.2";
+/// HostPort of the echo pods, as cilium-cli's.
+const HOSTPORT: u16 = 4000;
 const HTTP_GET: &str = "GET / HTTP/1.0\r\nHost: echo\r\n\r\n";
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -87,6 +93,8 @@ pub struct Env {
     pub cluster: Cluster,
     pub echo_same: String,
     pub echo_other: Option<String>,
+    pub client: String,
+    pub client2: String,
     exe: String,
 }
 
@@ -110,26 +118,43 @@ fn cnp(name: &str, spec: &str) -> String {
 fn scenarios(env: &Env) -> Vec<Scenario> {
     use Expect::*;
     let same = format!("{}:{ECHO_PORT}", env.echo_same);
-    let other = env
-        .echo_other
-        .clone()
-        .map(|ip| format!("{ip}:{ECHO_PORT}"))
-        .unwrap_or_default();
+    let other = env.echo_other.clone().map(|ip| format!("{ip}:{ECHO_PORT}"));
     let svc_same = format!("{SVC_SAME}:{ECHO_PORT}");
     let svc_other = format!("{SVC_OTHER}:{ECHO_PORT}");
     let world = format!("{OUTSIDE}:{ECHO_PORT}");
+    let cidr = format!("{OUTSIDE_CIDR}:{ECHO_PORT}");
+    let node_ip = |i: usize| {
+        env.cluster
+            .nodes
+            .get(i)
+            .and_then(|n| n.node_ip)
+            .map(|ip| ip.to_string())
+    };
+    let host1 = node_ip(0).unwrap_or_default();
+    let host2 = node_ip(1).filter(|_| env.echo_other.is_some());
     let c = From::Pod("ct-client");
     let c2 = From::Pod("ct-client2");
-    vec![
+    let echo = From::Pod("ct-echo-same");
+    let ping = |ip: &str| Kind::Ping(ip.to_string());
+    // Actions against echo-other-node exist only with two nodes.
+    let on_other = |name: &str, from: &From, expect: Expect| {
+        other
+            .clone()
+            .map(|o| act(name, from.clone(), http(o), expect))
+    };
+    let mut v = vec![
         Scenario {
             name: "no-policies",
             policy: None,
             needs_two_nodes: false,
             actions: vec![
                 act("pod-to-pod (same node)", c.clone(), http(same.clone()), Success),
-                act("client-to-client ping", c.clone(), Kind::Ping(env.echo_same.clone()), Success),
+                act("client-to-client ping", c.clone(), ping(&env.client2), Success),
                 act("pod-to-service", c.clone(), http(svc_same.clone()), Success),
+                act("pod-to-hostport", c.clone(), http(format!("{host1}:{HOSTPORT}")), Success),
+                act("pod-to-host", c.clone(), ping(&host1), Success),
                 act("pod-to-world", c.clone(), http(world.clone()), Success),
+                act("pod-to-cidr", c.clone(), http(cidr.clone()), Success),
                 act("host-to-pod", From::Host, http(same.clone()), Success),
                 act("client2 pod-to-pod", c2.clone(), http(same.clone()), Success),
             ],
@@ -138,21 +163,59 @@ fn scenarios(env: &Env) -> Vec<Scenario> {
             name: "no-policies-other-node",
             policy: None,
             needs_two_nodes: true,
-            actions: vec![
-                act("pod-to-pod (other node)", c.clone(), http(other.clone()), Success),
-                act("pod-to-service (backend on other node)", c.clone(), http(svc_other.clone()), Success),
-            ],
+            actions: [
+                on_other("pod-to-pod (other node)", &c, Success),
+                Some(act("pod-to-service (backend on other node)", c.clone(), http(svc_other.clone()), Success)),
+                host2.as_ref().map(|h| act("pod-to-remote-host", c.clone(), ping(h), Success)),
+                on_other("host-to-pod (other node)", &From::Host, Success),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         },
         Scenario {
             name: "no-policies-extra",
             policy: None,
             needs_two_nodes: false,
-            actions: vec![act(
-                "outside-to-nodeport",
-                From::Outside,
-                http(format!("203.0.113.1:{NODEPORT}")),
-                Success,
-            )],
+            actions: [
+                Some(act("outside-to-nodeport", From::Outside, http(format!("203.0.113.1:{NODEPORT}")), Success)),
+                Some(act("pod-to-local-nodeport", c.clone(), http(format!("{host1}:{NODEPORT}")), Success)),
+                host2.as_ref().map(|h| act("pod-to-remote-nodeport", c.clone(), http(format!("{h}:{NODEPORT}")), Success)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        },
+        Scenario {
+            name: "allow-all-except-world",
+            policy: Some(cnp(
+                "allow-all-except-world",
+                "  endpointSelector: {matchLabels: {kind: client}}\n  egress:\n  - toEntities: [all]\n  egressDeny:\n  - toEntities: [world]\n",
+            )),
+            needs_two_nodes: false,
+            actions: [
+                Some(act("pod-to-pod", c.clone(), http(same.clone()), Success)),
+                on_other("pod-to-pod (other node)", &c, Success),
+                Some(act("pod-to-service", c.clone(), http(svc_same.clone()), Success)),
+                Some(act("pod-to-host", c.clone(), ping(&host1), Success)),
+                Some(act("pod-to-world denied", c.clone(), http(world.clone()), Drop)),
+                Some(act("pod-to-cidr denied", c.clone(), http(cidr.clone()), Drop)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        },
+        Scenario {
+            name: "client-ingress",
+            policy: Some(cnp(
+                "client-ingress",
+                "  endpointSelector: {matchLabels: {kind: client}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {other: client}}]\n",
+            )),
+            needs_two_nodes: false,
+            actions: vec![
+                act("client2 to client allowed", c2.clone(), ping(&env.client), Success),
+                act("echo to client denied", echo.clone(), ping(&env.client), Drop),
+            ],
         },
         Scenario {
             name: "echo-ingress-from-other-client",
@@ -161,11 +224,33 @@ fn scenarios(env: &Env) -> Vec<Scenario> {
                 "  endpointSelector: {matchLabels: {kind: echo}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {other: client}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n",
             )),
             needs_two_nodes: false,
-            actions: vec![
-                act("client2 allowed", c2.clone(), http(same.clone()), Success),
-                act("client denied", c.clone(), http(same.clone()), Drop),
-                act("client denied via service", c.clone(), http(svc_same.clone()), Drop),
-            ],
+            actions: [
+                Some(act("client2 allowed", c2.clone(), http(same.clone()), Success)),
+                Some(act("client denied", c.clone(), http(same.clone()), Drop)),
+                Some(act("client denied via service", c.clone(), http(svc_same.clone()), Drop)),
+                on_other("client2 allowed (other node)", &c2, Success),
+                on_other("client denied (other node)", &c, Drop),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        },
+        Scenario {
+            name: "echo-ingress-from-other-client-deny",
+            policy: Some(cnp(
+                "echo-ingress-deny",
+                "  endpointSelector: {matchLabels: {kind: echo}}\n  ingress:\n  - fromEntities: [all]\n  ingressDeny:\n  - fromEndpoints: [{matchLabels: {other: client}}]\n",
+            )),
+            needs_two_nodes: false,
+            actions: [
+                Some(act("client allowed", c.clone(), http(same.clone()), Success)),
+                Some(act("client2 denied", c2.clone(), http(same.clone()), Drop)),
+                on_other("client allowed (other node)", &c, Success),
+                on_other("client2 denied (other node)", &c2, Drop),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         },
         Scenario {
             name: "client-egress-to-echo",
@@ -174,10 +259,30 @@ fn scenarios(env: &Env) -> Vec<Scenario> {
                 "  endpointSelector: {matchLabels: {kind: client}}\n  egress:\n  - toEndpoints: [{matchLabels: {kind: echo}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n",
             )),
             needs_two_nodes: false,
-            actions: vec![
-                act("to echo allowed", c.clone(), http(same.clone()), Success),
-                act("to world denied", c.clone(), http(world.clone()), Drop),
-            ],
+            actions: [
+                Some(act("to echo allowed", c.clone(), http(same.clone()), Success)),
+                on_other("to echo allowed (other node)", &c, Success),
+                Some(act("to world denied", c.clone(), http(world.clone()), Drop)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        },
+        Scenario {
+            name: "client-egress-to-echo-deny",
+            policy: Some(cnp(
+                "client-egress-deny",
+                "  endpointSelector: {matchLabels: {kind: client}}\n  egress:\n  - toEntities: [all]\n  egressDeny:\n  - toEndpoints: [{matchLabels: {kind: echo}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n",
+            )),
+            needs_two_nodes: false,
+            actions: [
+                Some(act("to echo denied", c.clone(), http(same.clone()), Drop)),
+                on_other("to echo denied (other node)", &c, Drop),
+                Some(act("to world allowed", c.clone(), http(world.clone()), Success)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         },
         Scenario {
             name: "all-ingress-deny",
@@ -204,6 +309,43 @@ fn scenarios(env: &Env) -> Vec<Scenario> {
             ],
         },
         Scenario {
+            name: "all-entities-deny",
+            policy: Some(cnp(
+                "all-entities-deny",
+                "  endpointSelector: {matchLabels: {kind: client}}\n  egress:\n  - toEntities: [all]\n  egressDeny:\n  - toEntities: [all]\n",
+            )),
+            needs_two_nodes: false,
+            actions: vec![
+                act("to echo denied (deny wins)", c.clone(), http(same.clone()), Drop),
+                act("to host denied", c.clone(), ping(&host1), Drop),
+                act("to world denied", c.clone(), http(world.clone()), Drop),
+            ],
+        },
+        Scenario {
+            name: "host-entity-egress",
+            policy: Some(cnp(
+                "host-entity-egress",
+                "  endpointSelector: {matchLabels: {kind: client}}\n  egress:\n  - toEntities: [host]\n",
+            )),
+            needs_two_nodes: false,
+            actions: vec![
+                act("to host allowed", c.clone(), ping(&host1), Success),
+                act("to echo denied", c.clone(), http(same.clone()), Drop),
+            ],
+        },
+        Scenario {
+            name: "host-entity-ingress",
+            policy: Some(cnp(
+                "host-entity-ingress",
+                "  endpointSelector: {matchLabels: {kind: echo}}\n  ingress:\n  - fromEntities: [host]\n",
+            )),
+            needs_two_nodes: false,
+            actions: vec![
+                act("host-to-pod allowed", From::Host, http(same.clone()), Success),
+                act("client denied", c.clone(), http(same.clone()), Drop),
+            ],
+        },
+        Scenario {
             name: "to-entities-world",
             policy: Some(cnp(
                 "to-world",
@@ -224,6 +366,7 @@ fn scenarios(env: &Env) -> Vec<Scenario> {
             needs_two_nodes: false,
             actions: vec![
                 act("to 203.0.113.2 allowed", c.clone(), http(world.clone()), Success),
+                act("to 198.51.100.2 denied", c.clone(), http(cidr.clone()), Drop),
                 act("to echo denied", c.clone(), http(same.clone()), Drop),
             ],
         },
@@ -234,12 +377,18 @@ fn scenarios(env: &Env) -> Vec<Scenario> {
                 "  endpointSelector: {matchLabels: {kind: client}}\n  egress:\n  - toEntities: [cluster]\n",
             )),
             needs_two_nodes: false,
-            actions: vec![
-                act("to echo allowed", c.clone(), http(same.clone()), Success),
-                act("to world denied", c.clone(), http(world.clone()), Drop),
-            ],
+            actions: [
+                Some(act("to echo allowed", c.clone(), http(same.clone()), Success)),
+                on_other("to echo allowed (other node)", &c, Success),
+                Some(act("to world denied", c.clone(), http(world.clone()), Drop)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         },
-    ]
+    ];
+    v.retain(|s| !s.actions.is_empty());
+    v
 }
 
 /// Selects tests by cilium-cli's --test: regexes; a leading `!` excludes.
@@ -279,6 +428,15 @@ pub async fn deploy(opts: &Options) -> Result<Env> {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect();
+        let host_ports = if name.starts_with("ct-echo") {
+            vec![local::HostPort {
+                host_port: HOSTPORT,
+                container_port: ECHO_PORT,
+                protocol: "tcp".into(),
+            }]
+        } else {
+            vec![]
+        };
         let command = if name.starts_with("ct-echo") {
             vec![
                 exe.clone(),
@@ -298,6 +456,7 @@ pub async fn deploy(opts: &Options) -> Result<Env> {
             node: Some(node.to_string()),
             labels,
             named_ports: Default::default(),
+            host_ports: host_ports.clone(),
             detach: true,
             command,
         })
@@ -308,6 +467,8 @@ pub async fn deploy(opts: &Options) -> Result<Env> {
     let ip = |n: &str| cluster.pod(n).ok().and_then(|p| p.ipv4);
     let echo_same = ip("ct-echo-same").context("echo-same-node has no address")?;
     let echo_other = if two { ip("ct-echo-other") } else { None };
+    let client = ip("ct-client").context("client has no address")?;
+    let client2 = ip("ct-client2").context("client2 has no address")?;
     let mut yaml = service_yaml("echo-same-node", SVC_SAME, &echo_same, Some(NODEPORT));
     if let Some(o) = &echo_other {
         yaml += &service_yaml("echo-other-node", SVC_OTHER, o, None);
@@ -330,6 +491,8 @@ pub async fn deploy(opts: &Options) -> Result<Env> {
         cluster,
         echo_same,
         echo_other,
+        client,
+        client2,
         exe,
     };
     // Ready: every echo answers its own node (which policy never blocks) and every
@@ -377,7 +540,7 @@ fn service_yaml(name: &str, ip: &str, backend: &str, node_port: Option<u16>) -> 
     )
 }
 
-async fn run_action(env: &Env, a: &Action, opts: &Options) -> ActionResult {
+fn run_action(env: &Env, a: &Action, opts: &Options) -> ActionResult {
     let timeout = match a.expect {
         Expect::Success => opts.connect_timeout + opts.request_timeout,
         Expect::Drop => opts.connect_timeout,
@@ -514,19 +677,42 @@ pub async fn run(opts: Options) -> Result<i32> {
             store.apply(p)?;
             settle(&env).await?;
         }
+        // Up to --test-concurrency actions at once (each blocks on a probe process or
+        // a socket); results print in the scenario's order.
         let mut actions = Vec::new();
-        for a in &s.actions {
-            let r = run_action(&env, a, &opts).await;
-            if !opts.json {
-                println!(
-                    "  {} {} — expected {:?}: {}",
-                    if r.ok { "✅" } else { "❌" },
-                    r.name,
-                    r.expected,
-                    r.detail
-                );
+        for chunk in s.actions.chunks(opts.concurrency.max(1)) {
+            let results: Vec<ActionResult> = tokio::task::block_in_place(|| {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = chunk
+                        .iter()
+                        .map(|a| scope.spawn(|| run_action(&env, a, &opts)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .zip(chunk)
+                        .map(|(h, a)| {
+                            h.join().unwrap_or_else(|_| ActionResult {
+                                name: a.name.clone(),
+                                expected: a.expect,
+                                ok: false,
+                                detail: "the action panicked".into(),
+                            })
+                        })
+                        .collect()
+                })
+            });
+            for r in results {
+                if !opts.json {
+                    println!(
+                        "  {} {} — expected {:?}: {}",
+                        if r.ok { "✅" } else { "❌" },
+                        r.name,
+                        r.expected,
+                        r.detail
+                    );
+                }
+                actions.push(r);
             }
-            actions.push(r);
         }
         if let Some(p) = &s.policy {
             store.delete(p)?;

@@ -80,6 +80,37 @@ pub struct PodRecord {
     pub ipv4: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub pid: Option<u32>,
+    /// HostPorts, passed to the CNI plugin as runtimeConfig portMappings.
+    #[serde(default)]
+    pub host_ports: Vec<HostPort>,
+}
+
+/// A pod's HostPort (`--publish 8081:8080/tcp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPort {
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = String;
+    /// `HOST:CONTAINER[/tcp|udp]`, as podman's --publish.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("{s:?} is not HOSTPORT:CONTAINERPORT[/tcp|udp] (e.g. 8081:8080/tcp)");
+        let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+        let proto = proto.to_ascii_lowercase();
+        if proto != "tcp" && proto != "udp" {
+            return Err(bad());
+        }
+        let (h, c) = ports.split_once(':').ok_or_else(bad)?;
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+        Ok(Self {
+            host_port: port(h)?,
+            container_port: port(c)?,
+            protocol: proto,
+        })
+    }
 }
 
 /// Validates a cluster or pod name: it ends up in namespace and file names.
@@ -193,13 +224,28 @@ impl Cluster {
     }
 
     /// The network configuration the local runtime hands to the CNI plugin.
-    pub fn cni_conf(&self, node: &NodeSpec) -> serde_json::Value {
-        serde_json::json!({
+    pub fn cni_conf(&self, node: &NodeSpec, pod: &PodRecord) -> serde_json::Value {
+        let mut conf = serde_json::json!({
             "cniVersion": "1.1.0",
             "name": "cilium",
             "type": "cilium-cni",
             "agentSocket": node.socket,
-        })
+        });
+        if !pod.host_ports.is_empty() {
+            let maps: Vec<serde_json::Value> = pod
+                .host_ports
+                .iter()
+                .map(|h| {
+                    serde_json::json!({
+                        "hostPort": h.host_port,
+                        "containerPort": h.container_port,
+                        "protocol": h.protocol,
+                    })
+                })
+                .collect();
+            conf["runtimeConfig"] = serde_json::json!({ "portMappings": maps });
+        }
+        conf
     }
 
     /// A CNI conflist for real runtimes (podman, containerd) on this cluster's first node.
@@ -822,7 +868,7 @@ pub fn run_cni(
     netns::enter_on_exec(&mut cmd, &node_ns);
     let mut child = cmd.spawn().context("running the CNI plugin")?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(&serde_json::to_vec(&cluster.cni_conf(node))?)?;
+        stdin.write_all(&serde_json::to_vec(&cluster.cni_conf(node, pod))?)?;
     }
     let out = child.wait_with_output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -855,6 +901,7 @@ pub struct RunOptions {
     pub node: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub named_ports: BTreeMap<String, String>,
+    pub host_ports: Vec<HostPort>,
     pub detach: bool,
     pub command: Vec<String>,
 }
@@ -913,6 +960,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         ipv4: None,
         labels: opts.labels.clone(),
         pid: None,
+        host_ports: opts.host_ports.clone(),
     };
     cluster.save_pod(&pod)?;
     let result = match run_cni(&cluster, &node, "ADD", &container_id, &ns, &pod) {

@@ -163,6 +163,11 @@ enum ConnectivityCmd {
         /// Keep the test workloads afterwards
         #[arg(long)]
         keep: bool,
+        /// How many actions of a test run at once (cilium-cli runs whole tests in
+        /// parallel namespaces; here tests share one namespace and its policies, so the
+        /// parallelism is within a test)
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        test_concurrency: u16,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -310,6 +315,10 @@ enum LocalCmd {
         /// Named container ports, name=PROTO/port[,...] (e.g. http=TCP/8080)
         #[arg(long = "port", value_parser = parse_labels, default_value = "")]
         ports: BTreeMap<String, String>,
+        /// HostPort, HOSTPORT:CONTAINERPORT[/tcp|udp] (repeatable): the pod's port on
+        /// its node's addresses
+        #[arg(short = 'p', long = "publish")]
+        publish: Vec<local::HostPort>,
         /// Node to run on (default: the first)
         #[arg(long)]
         node: Option<String>,
@@ -603,6 +612,7 @@ fn run(cli: Cli) -> Result<i32> {
             request_timeout,
             junit_file,
             keep,
+            test_concurrency,
             output,
         }) => runtime()?.block_on(connectivity::run(connectivity::Options {
             cluster: c.cluster,
@@ -613,6 +623,7 @@ fn run(cli: Cli) -> Result<i32> {
             json: matches!(output, Output::Json),
             junit_file,
             keep,
+            concurrency: test_concurrency as usize,
         })),
         Cmd::Connectivity(ConnectivityCmd::Perf { c, duration, keep }) => {
             runtime()?.block_on(perf::run(
@@ -625,6 +636,7 @@ fn run(cli: Cli) -> Result<i32> {
                     json: false,
                     junit_file: None,
                     keep,
+                    concurrency: 1,
                 },
                 duration,
             ))
@@ -1091,6 +1103,7 @@ fn run_local(cmd: LocalCmd) -> Result<i32> {
             namespace,
             labels,
             ports,
+            publish,
             node,
             detach,
             command,
@@ -1100,6 +1113,7 @@ fn run_local(cmd: LocalCmd) -> Result<i32> {
             namespace,
             node,
             named_ports: ports,
+            host_ports: publish,
             labels,
             detach,
             command,
