@@ -158,12 +158,28 @@ fn connectivity_perf_prints_rates_for_both_pairs_with_and_without_policy() {
     let rows: Vec<&str> = out.lines().filter(|l| l.contains("Gb/s")).collect();
     assert_eq!(
         rows.len(),
-        4,
-        "same/other node × no policy/L4 policy: {out}"
+        6,
+        "two baselines, then same/other node × no policy/L4 policy: {out}"
+    );
+    assert!(
+        rows[0].starts_with("bare veth") && rows[1].starts_with("underlay"),
+        "{out}"
+    );
+    assert!(
+        rows[2..].iter().all(|r| {
+            let w: Vec<&str> = r.split_whitespace().collect();
+            let at = w.iter().position(|x| *x == "Gb/s").unwrap();
+            w[at + 1].parse::<f64>().is_ok()
+        }),
+        "every pair has a throughput ratio to its baseline: {out}"
     );
     for r in rows {
         let words: Vec<&str> = r.split_whitespace().collect();
         let at = words.iter().position(|w| *w == "Gb/s").unwrap();
+        assert!(
+            !std::path::Path::new("/var/run/netns/cilium-t-perf.perf-a").exists(),
+            "baseline namespaces removed"
+        );
         let gbps: f64 = words[at - 1].parse().unwrap();
         assert!(gbps > 0.1, "a real stream went through: {r}");
     }

@@ -127,7 +127,7 @@ pub fn check_name(kind: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn netns_name(cluster: &str, what: &str) -> String {
+pub fn netns_name(cluster: &str, what: &str) -> String {
     format!("cilium-{cluster}.{what}")
 }
 
@@ -309,7 +309,7 @@ fn kill_group(pid: u32) {
     }
 }
 
-async fn add_netns(name: &str) -> Result<PathBuf> {
+pub async fn add_netns(name: &str) -> Result<PathBuf> {
     let path = Path::new(NETNS_DIR).join(name);
     if !path.exists() {
         rtnetlink::NetworkNamespace::add(name.to_string())
@@ -327,7 +327,7 @@ async fn add_netns(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-async fn del_netns(path: &Path) {
+pub async fn del_netns(path: &Path) {
     if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
         if path.exists() {
             if let Err(e) = rtnetlink::NetworkNamespace::del(name.to_string()).await {

@@ -1,6 +1,9 @@
 //! `cilium connectivity perf`: pod-to-pod throughput, request/response and
 //! connect/request/response rates, same node and across nodes, without and with an
-//! L4 policy, on the local cluster's test workloads. Prints a table.
+//! L4 policy, on the local cluster's test workloads, each next to a baseline measured
+//! in the same run with the same client: a bare veth pair between two namespaces (no
+//! programs) for same-node pairs, and the underlay between two node namespaces (no
+//! programs, no encapsulation) for cross-node pairs. Prints a table with ratios.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -10,8 +13,11 @@ use std::{
 
 use anyhow::Result;
 
-use super::connectivity::{self, Env};
-use crate::datapath::netns;
+use super::{
+    connectivity::{self, Env},
+    local,
+};
+use crate::datapath::{link::Netlink, netns};
 
 const STREAM_PORT: u16 = 5201;
 const RR_PORT: u16 = 5202;
@@ -112,8 +118,58 @@ fn measure(client_ns: &Path, ip: &str, secs: u64) -> Result<Figures> {
     })?
 }
 
+/// Two fresh namespaces joined by a bare veth pair (no programs): the same-node baseline.
+async fn bare_pair(cluster: &str) -> Result<(PathBuf, PathBuf)> {
+    let a = local::add_netns(&local::netns_name(cluster, "perf-a")).await?;
+    let b = local::add_netns(&local::netns_name(cluster, "perf-b")).await?;
+    let b_ns = std::fs::File::open(&b)?;
+    for (ns, addr, create) in [(&a, "169.254.77.1", true), (&b, "169.254.77.2", false)] {
+        let peer_fd = std::os::fd::AsRawFd::as_raw_fd(&b_ns);
+        netns::block_on_in_netns(ns, move || async move {
+            let nl = Netlink::connect()?;
+            if create {
+                // The peer is born in b under the same name.
+                nl.add_veth_into("perf0", "perf0", peer_fd, 1500).await?;
+            }
+            let l = nl.link("perf0").await?;
+            nl.add_address(l.index, addr.parse()?, 30).await?;
+            nl.set_up(l.index).await?;
+            nl.set_up(nl.link("lo").await?.index).await?;
+            anyhow::Ok(())
+        })??;
+    }
+    Ok((a, b))
+}
+
 pub async fn run(opts: connectivity::Options, secs: u64) -> Result<i32> {
     let env: Env = connectivity::deploy(&opts).await?;
+    let res = run_inner(&opts, &env, secs).await;
+    let _ = env
+        .cluster
+        .store()
+        .and_then(|s| s.delete(&policy_yaml()).map_err(Into::into));
+    for what in ["perf-a", "perf-b"] {
+        local::del_netns(Path::new(&format!(
+            "/var/run/netns/{}",
+            local::netns_name(&env.cluster.name, what)
+        )))
+        .await;
+    }
+    if !opts.keep {
+        connectivity::cleanup(&env).await;
+    }
+    res
+}
+
+fn policy_yaml() -> String {
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: perf-l4, namespace: {ns}}}\nspec:\n  endpointSelector: {{matchLabels: {{kind: echo}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{kind: client}}}}]\n    toPorts: [{{ports: [{{port: \"5201\", endPort: 5203, protocol: TCP}}]}}]\n",
+        ns = connectivity::NS
+    )
+}
+
+async fn run_inner(opts: &connectivity::Options, env: &Env, secs: u64) -> Result<i32> {
+    let _ = opts;
     let pod_ns = |p: &str| {
         PathBuf::from(format!(
             "/var/run/netns/cilium-{}.pod-{p}",
@@ -128,38 +184,67 @@ pub async fn run(opts: connectivity::Options, secs: u64) -> Result<i32> {
     for (_, ns, _) in &targets {
         serve(ns)?;
     }
-    let policy = format!(
-        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: perf-l4, namespace: {ns}}}\nspec:\n  endpointSelector: {{matchLabels: {{kind: echo}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{kind: client}}}}]\n    toPorts: [{{ports: [{{port: \"5201\", endPort: 5203, protocol: TCP}}]}}]\n",
-        ns = connectivity::NS
-    );
+    // Baselines, measured in this run.
+    let (bare_a, bare_b) = bare_pair(&env.cluster.name).await?;
+    serve(&bare_b)?;
+    let bare_veth = measure(&bare_a, "169.254.77.2", secs)?;
+    let bare_underlay = match (env.cluster.nodes.get(1), env.echo_other.is_some()) {
+        (Some(n2), true) => {
+            serve(&n2.netns)?;
+            let ip = n2.node_ip.map(|i| i.to_string()).unwrap_or_default();
+            Some(measure(&env.cluster.nodes[0].netns, &ip, secs)?)
+        }
+        _ => None,
+    };
     let mut rows = Vec::new();
     for with_policy in [false, true] {
         if with_policy {
-            env.cluster.store()?.apply(&policy)?;
-            connectivity::settle(&env).await?;
+            env.cluster.store()?.apply(&policy_yaml())?;
+            connectivity::settle(env).await?;
         }
         for (label, _, ip) in &targets {
             let f = measure(&client, ip, secs)?;
             rows.push((*label, with_policy, f));
         }
     }
-    env.cluster.store()?.delete(&policy)?;
-    if !opts.keep {
-        connectivity::cleanup(&env).await;
-    }
+    let routing = crate::agent::client::Client::new(&env.cluster.nodes[0].socket)
+        .status()
+        .await
+        .map(|s| s.routing)
+        .unwrap_or_default();
+    println!("\nrouting: {routing}; each ratio is to the baseline of its pair, same run");
     println!(
-        "\n{:<12} {:<10} {:>14} {:>16} {:>18}",
-        "pair", "policy", "TCP_STREAM", "TCP_RR", "TCP_CRR"
+        "{:<12} {:<10} {:>14} {:>6} {:>16} {:>6} {:>18} {:>6}",
+        "pair", "policy", "TCP_STREAM", "ratio", "TCP_RR", "ratio", "TCP_CRR", "ratio"
     );
-    for (label, pol, f) in &rows {
+    let line = |label: &str, pol: &str, f: &Figures, base: Option<&Figures>| {
+        let r = |x: f64, b: Option<f64>| match b {
+            Some(b) if b > 0.0 => format!("{:.2}", x / b),
+            _ => "-".into(),
+        };
         println!(
-            "{:<12} {:<10} {:>9.2} Gb/s {:>10.0} tr/s {:>12.0} conn/s",
+            "{:<12} {:<10} {:>9.2} Gb/s {:>6} {:>10.0} tr/s {:>6} {:>12.0} conn/s {:>6}",
             label,
-            if *pol { "L4 allow" } else { "none" },
+            pol,
             f.gbps,
+            r(f.gbps, base.map(|b| b.gbps)),
             f.rr,
-            f.crr
-        );
+            r(f.rr, base.map(|b| b.rr)),
+            f.crr,
+            r(f.crr, base.map(|b| b.crr)),
+        )
+    };
+    line("bare veth", "baseline", &bare_veth, None);
+    if let Some(b) = &bare_underlay {
+        line("underlay", "baseline", b, None);
+    }
+    for (label, pol, f) in &rows {
+        let base = if *label == "same node" {
+            Some(&bare_veth)
+        } else {
+            bare_underlay.as_ref()
+        };
+        line(label, if *pol { "L4 allow" } else { "none" }, f, base);
     }
     Ok(0)
 }
