@@ -121,6 +121,7 @@ fn compute(pods: usize, policies: usize) -> (Duration, Duration, Duration, usize
         cilium::datapath::loader::DatapathConfig {
             maglev_size: 16381,
             tunnel_ifindex: None,
+            node_ipv4: None,
         },
     )
     .expect("loading the datapath (root, bpffs)");

@@ -34,13 +34,14 @@ fn connectivity_test_passes_on_a_two_node_cluster() {
         junit.to_str().unwrap(),
     ]);
     assert!(
-        out.contains("All 18 tests (59 actions) successful, 0 tests skipped"),
+        out.contains("All 18 tests (60 actions) successful, 0 tests skipped"),
         "{out}"
     );
     for action in [
         "pod-to-pod (other node)",
         "pod-to-hostport",
         "pod-to-remote-nodeport",
+        "outside-to-nodeport (backend on other node)",
         "client denied (other node)",
     ] {
         assert!(out.contains(&format!("✅ {action}")), "{action}: {out}");
@@ -123,7 +124,7 @@ fn connectivity_test_passes_with_native_routing() {
         "4",
     ]);
     assert!(
-        out.contains("All 18 tests (59 actions) successful, 0 tests skipped"),
+        out.contains("All 18 tests (60 actions) successful, 0 tests skipped"),
         "{out}"
     );
 }

@@ -289,6 +289,35 @@ fn two_nodes(name: &str, net: &str, routing: &str) {
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
     });
     assert!(reached, "outside -> pod on node2, allowed as world");
+
+    // NodePort on node1 with its only backend on node2: SNAT to node1's address (the
+    // backend sees remote-node), the reply comes back through node1 to the client.
+    let l = in_ns(&c.pod_netns("web"), || {
+        TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], 8081))).unwrap()
+    });
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let peer = s.peer_addr().unwrap();
+            let _ = writeln!(s, "{}", peer.ip());
+        }
+    });
+    c.apply_ok(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-np, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.9.11\n  ports:\n  - {{name: peer, port: 81, targetPort: 8081, nodePort: 30081, protocol: TCP}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-np-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web-np}}\naddressType: IPv4\nports:\n- {{name: peer, port: 8081, protocol: TCP}}\nendpoints:\n- addresses: [{web}]\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: web}}\nspec:\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  ingress:\n  - fromEntities: [remote-node]\n"
+    ));
+    settle_all(&c);
+    let np: SocketAddr = "203.0.113.1:30081".parse().unwrap();
+    let seen = in_ns(&outside, || {
+        let s = TcpStream::connect_timeout(&np, Duration::from_secs(2)).expect("NodePort");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    });
+    assert_eq!(
+        seen.trim(),
+        "192.0.2.11",
+        "the remote backend sees node1's address (SNAT)"
+    );
 }
 
 /// 4 MB from a pod on node1 to one on node2 and the count back: full-size segments

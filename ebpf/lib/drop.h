@@ -13,4 +13,6 @@
 #define DROP_NO_TUNNEL_KEY 147  /* "No tunnel/encapsulation key" */
 #define DROP_UNROUTABLE 151     /* "Unroutable" */
 #define DROP_NO_TUNNEL_ENDPOINT 160 /* "No tunnel/encapsulation endpoint" */
+#define DROP_NAT_NO_MAPPING 167 /* "No mapping for NAT masquerade" */
+#define DROP_NO_FIB 169         /* "No FIB entry found" */
 #define DROP_UNKNOWN_SENDER 172 /* "Unknown sender endpoint": program runs on a link with no endpoint */

@@ -252,6 +252,7 @@ impl AgentState {
             DatapathConfig {
                 maglev_size: config.maglev_table_size,
                 tunnel_ifindex: tunnel.as_ref().map(|l| l.index),
+                node_ipv4: config.node_ip,
             },
         )?;
         let id_dir = config
@@ -296,6 +297,15 @@ impl AgentState {
                 .extend(st.netlink.addresses_v4(link.index).await?);
             st.datapath.attach_device(&dev)?;
             info!(device = %dev, "NodePort datapath attached");
+        }
+        // With NodePort devices, the link of the node address gets bpf_host too: replies
+        // of NodePort flows SNATed to remote backends come back there (and NodePort
+        // answers on the node address for traffic from other nodes).
+        if let (Some(link), false) = (underlay.as_ref(), st.config.devices.is_empty()) {
+            if !st.config.devices.contains(&link.name) {
+                st.datapath.attach_device(&link.name)?;
+                info!(device = %link.name, "NodePort datapath attached to the node-ip link");
+            }
         }
         // The node address is a NodePort/HostPort frontend too (socket LB answers it).
         if let Some(ip) = st.config.node_ip {
@@ -623,7 +633,7 @@ impl AgentState {
             bpf_root: self.config.bpf_root.display().to_string(),
             kube_proxy_replacement: match (self.config.cgroup_root.is_some(), self.config.devices.is_empty()) {
                 (true, false) => format!(
-                    "True [socket LB (TCP, UDP, affinity); NodePort on {} (Maglev {}, no SNAT: local backends)]",
+                    "True [socket LB (TCP, UDP, affinity); NodePort on {} (Maglev {}, SNAT to remote backends)]",
                     self.config.devices.join(","),
                     self.config.maglev_table_size
                 ),

@@ -29,6 +29,8 @@ pub struct Options {
 pub const NS: &str = "cilium-test";
 const ECHO_PORT: u16 = 8080;
 const NODEPORT: u16 = 31000;
+/// NodePort of echo-other-node (reached through node1: SNAT to the remote backend).
+const NODEPORT_OTHER: u16 = 31001;
 const SVC_SAME: &str = "10.96.100.10";
 const SVC_OTHER: &str = "10.96.100.11";
 const OUTSIDE: &str = "203.0.113.2";
@@ -179,6 +181,7 @@ fn scenarios(env: &Env) -> Vec<Scenario> {
             needs_two_nodes: false,
             actions: [
                 Some(act("outside-to-nodeport", From::Outside, http(format!("203.0.113.1:{NODEPORT}")), Success)),
+                other.as_ref().map(|_| act("outside-to-nodeport (backend on other node)", From::Outside, http(format!("203.0.113.1:{NODEPORT_OTHER}")), Success)),
                 Some(act("pod-to-local-nodeport", c.clone(), http(format!("{host1}:{NODEPORT}")), Success)),
                 host2.as_ref().map(|h| act("pod-to-remote-nodeport", c.clone(), http(format!("{h}:{NODEPORT}")), Success)),
             ]
@@ -471,7 +474,7 @@ pub async fn deploy(opts: &Options) -> Result<Env> {
     let client2 = ip("ct-client2").context("client2 has no address")?;
     let mut yaml = service_yaml("echo-same-node", SVC_SAME, &echo_same, Some(NODEPORT));
     if let Some(o) = &echo_other {
-        yaml += &service_yaml("echo-other-node", SVC_OTHER, o, None);
+        yaml += &service_yaml("echo-other-node", SVC_OTHER, o, Some(NODEPORT_OTHER));
     }
     store.apply(&yaml)?;
     // The "outside" echo, served by this process inside the outside namespace.
@@ -857,7 +860,7 @@ pub async fn settle(env: &Env) -> Result<()> {
 pub async fn cleanup(env: &Env) {
     let mut yaml = service_yaml("echo-same-node", SVC_SAME, &env.echo_same, Some(NODEPORT));
     if let Some(o) = &env.echo_other {
-        yaml += &service_yaml("echo-other-node", SVC_OTHER, o, None);
+        yaml += &service_yaml("echo-other-node", SVC_OTHER, o, Some(NODEPORT_OTHER));
     }
     if let Ok(store) = env.cluster.store() {
         let _ = store.delete(&yaml);

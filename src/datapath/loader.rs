@@ -109,6 +109,8 @@ pub struct DatapathConfig {
     pub maglev_size: u32,
     /// The tunnel device (tunnel routing mode), or None in native routing mode.
     pub tunnel_ifindex: Option<u32>,
+    /// The node address NodePort flows to remote backends are SNATed to.
+    pub node_ipv4: Option<std::net::Ipv4Addr>,
 }
 
 const PROG_FROM_OVERLAY: &str = "cil_from_overlay";
@@ -178,7 +180,13 @@ impl Datapath {
             root,
             super::BPF_HOST,
             "bpf_host.o",
-            &[("MAGLEV_TABLE_SIZE", cfg.maglev_size)],
+            &[
+                ("MAGLEV_TABLE_SIZE", cfg.maglev_size),
+                (
+                    "NODE_IPV4",
+                    cfg.node_ipv4.map(|ip| u32::from(ip).to_be()).unwrap_or(0),
+                ),
+            ],
         )?;
         load_programs(
             &mut host,

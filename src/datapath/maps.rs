@@ -416,6 +416,8 @@ pub fn reason_name(reason: u8) -> &'static str {
         147 => "No tunnel/encapsulation key",
         151 => "Unroutable",
         160 => "No tunnel/encapsulation endpoint",
+        167 => "No mapping for NAT masquerade",
+        169 => "No FIB entry found",
         172 => "Unknown sender endpoint",
         _ => "Unknown reason",
     }
