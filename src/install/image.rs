@@ -216,7 +216,7 @@ pub fn needs_dynamic_loader(elf: &[u8]) -> bool {
 }
 
 fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut e = GzEncoder::new(Vec::new(), Compression::default());
+    let mut e = GzEncoder::new(Vec::new(), Compression::fast());
     e.write_all(data)?;
     e.finish()
 }
