@@ -4,6 +4,8 @@ pub mod agent;
 pub mod cmd;
 pub mod cni;
 pub mod datapath;
+pub mod install;
+pub mod k8s;
 pub mod lb;
 pub mod policy;
 

@@ -1,6 +1,7 @@
 //! The command line: parse, call library code, render (table or `-o json|yaml`).
 pub mod connectivity;
 pub mod echo;
+pub mod install;
 pub mod local;
 pub mod perf;
 pub mod probe;
@@ -117,6 +118,11 @@ enum Cmd {
     /// A local cluster of network namespaces on this host, with the real agent and datapath
     #[command(subcommand)]
     Local(LocalCmd),
+    /// Install Cilium in a Kubernetes cluster (for now: --dry-run renders the manifests)
+    Install(install::InstallArgs),
+    /// The container image of this binary
+    #[command(subcommand)]
+    Image(install::ImageCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -447,6 +453,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Version { output } => version(output),
+        Cmd::Install(a) => install::run_install(a),
+        Cmd::Image(c) => install::run_image(c),
         Cmd::Agent(cfg) => {
             init_logging(&cli.log_level, &cli.log_format);
             // Enter the node's namespace before any thread exists, so every thread is in it.
