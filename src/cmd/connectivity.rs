@@ -498,8 +498,10 @@ pub async fn deploy(opts: &Options) -> Result<Env> {
         client2,
         exe,
     };
-    // Ready: every echo answers its own node (which policy never blocks) and every
-    // agent has the services.
+    // Ready: every agent has applied the services (HostPorts alone already make its
+    // service count non-zero), and every echo answers its own node (which policy never
+    // blocks).
+    settle(&env).await?;
     let start = Instant::now();
     loop {
         let mut ready = true;
