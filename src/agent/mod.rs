@@ -222,6 +222,8 @@ pub struct AgentState {
     pub tunnel_link: Option<u32>,
     /// MTU of pod links.
     pub mtu: u32,
+    /// Where the next read of the store's journal starts.
+    pub journal_offset: u64,
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
@@ -280,6 +282,7 @@ impl AgentState {
             underlay_link: underlay.as_ref().map(|l| l.index),
             tunnel_link: tunnel.as_ref().map(|l| l.index),
             mtu,
+            journal_offset: 0,
         };
         st.setup_host().await?;
         if let Some(t) = &tunnel {
@@ -676,10 +679,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Regenerates whenever the local store's generation changes (polled: cheap, and
-/// within the 1 s a label change must take effect).
+/// Applies store changes whenever its generation changes (polled every 20 ms: one
+/// small file read).
 async fn watch_store(state: Shared) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
     loop {
         tick.tick().await;
         let mut st = state.lock().await;
@@ -687,7 +690,7 @@ async fn watch_store(state: Shared) {
             return;
         };
         if st.policy.generation != Some(gen) {
-            if let Err(e) = st.regenerate().await {
+            if let Err(e) = st.apply_store_changes().await {
                 warn!(error = %e, "regeneration failed; the previous policy keeps enforcing");
                 // Do not retry the same generation in a tight loop.
                 st.policy.generation = Some(gen);

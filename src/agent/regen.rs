@@ -104,6 +104,45 @@ impl AgentState {
         )
     }
 
+    /// Applies what changed in the store since the last regeneration: when only
+    /// Services/EndpointSlices changed, just those services are recomputed and their
+    /// map entries rewritten; anything else (or a service change that reaches other
+    /// services) regenerates everything.
+    pub async fn apply_store_changes(&mut self) -> Result<(), AgentError> {
+        let started = std::time::Instant::now();
+        let (Some(store), Some(since)) = (&self.store, self.policy.generation) else {
+            return self.regenerate().await;
+        };
+        let Some(ch) = store.changes_since(since, self.journal_offset) else {
+            return self.regenerate().await;
+        };
+        self.journal_offset = ch.offset;
+        let t_journal = started.elapsed();
+        let fast = !ch.files.is_empty() && store.only_services(&ch.files);
+        if fast {
+            let keys = store.refresh_services(&ch.files)?;
+            let t_refresh = started.elapsed();
+            if let Some(keys) = keys {
+                if let Some(writes) = self.regenerate_services_incremental(&keys)? {
+                    self.policy.generation = Some(ch.generation);
+                    self.policy.regenerations += 1;
+                    self.policy.last_regeneration = started.elapsed();
+                    info!(
+                        writes,
+                        generation = ch.generation,
+                        services = keys.len(),
+                        journal_ms = t_journal.as_secs_f64() * 1e3,
+                        read_ms = (t_refresh - t_journal).as_secs_f64() * 1e3,
+                        total_ms = self.policy.last_regeneration.as_secs_f64() * 1e3,
+                        "services reprogrammed"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        self.regenerate().await
+    }
+
     /// Recomputes identities, ipcache and policy from the store and the endpoints,
     /// and applies the difference to the maps.
     pub async fn regenerate(&mut self) -> Result<(), AgentError> {
@@ -112,6 +151,7 @@ impl AgentState {
             Some(store) => store.snapshot()?,
             None => Snapshot::default(),
         };
+        let t_snapshot = started.elapsed();
         let rules: Vec<Rule> = snap
             .policies
             .iter()
@@ -303,7 +343,9 @@ impl AgentState {
 
         // 5. Apply: routes to other nodes, ipcache, new/changed policy entries, endpoint
         //    flags, then removals.
+        let t_policy = started.elapsed();
         let mut writes = self.regenerate_services(&snap)?;
+        let t_services = started.elapsed();
         writes += self.regenerate_routes(&snap).await?;
         for (net, entry) in &want_ipcache {
             if self.policy.ipcache.get(net) != Some(entry) {
@@ -373,7 +415,15 @@ impl AgentState {
         self.publish_endpoints()?;
         self.policy.last_regeneration = started.elapsed();
         if writes > 0 {
-            info!(writes, generation = snap.generation, "datapath regenerated");
+            info!(
+                writes,
+                generation = snap.generation,
+                snapshot_ms = t_snapshot.as_secs_f64() * 1e3,
+                policy_ms = (t_policy - t_snapshot).as_secs_f64() * 1e3,
+                services_ms = (t_services - t_policy).as_secs_f64() * 1e3,
+                total_ms = self.policy.last_regeneration.as_secs_f64() * 1e3,
+                "datapath regenerated"
+            );
         } else {
             debug!(generation = snap.generation, "regeneration: no change");
         }

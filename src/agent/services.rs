@@ -27,6 +27,8 @@ use crate::{
 #[derive(Default)]
 pub struct LbProgrammed {
     pub state: Option<LbState>,
+    /// Id bookkeeping of `state`, for incremental recomputation.
+    pub index: crate::lb::state::LbIndex,
     pub maps: LbMaps,
     pub maglev: BTreeMap<MaglevKey, u32>,
 }
@@ -220,6 +222,81 @@ impl AgentState {
         };
         let want = desired_maps(&state);
         let have = std::mem::take(&mut self.lb.maps);
+        let mut writes = self.write_lb_diff(&want, &have)?;
+        // Maglev tables of externally reachable frontends (NodePort, LoadBalancer, ExternalIP).
+        let want_maglev = self.maglev_entries(&state);
+        for (k, v) in &want_maglev {
+            if self.lb.maglev.get(k) != Some(v) {
+                self.datapath.maglev_put(*k, *v)?;
+                writes += 1;
+            }
+        }
+        let stale: Vec<MaglevKey> = self
+            .lb
+            .maglev
+            .keys()
+            .filter(|k| !want_maglev.contains_key(*k))
+            .copied()
+            .collect();
+        for k in &stale {
+            self.datapath.maglev_remove(k)?;
+            writes += 1;
+        }
+        self.lb.maglev = want_maglev;
+        if writes > 0 {
+            info!(
+                writes,
+                services = state.services.len(),
+                backends = state.backends.len(),
+                "services programmed"
+            );
+        }
+        self.lb.maps = want;
+        self.lb.index = crate::lb::state::LbIndex::of(&state);
+        self.lb.state = Some(state);
+        Ok(writes)
+    }
+
+    /// Maglev tables of the externally reachable frontends of `state` (with NodePort
+    /// devices: the only traffic that uses them).
+    fn maglev_entries(&self, state: &LbState) -> BTreeMap<MaglevKey, u32> {
+        let mut out = BTreeMap::new();
+        if self.config.devices.is_empty() {
+            return out;
+        }
+        let m = self.config.maglev_table_size as usize;
+        for svc in state
+            .services
+            .iter()
+            .filter(|s| s.frontend.kind != FrontendKind::ClusterIP)
+        {
+            let backends = state.maglev_backends(svc);
+            if backends.is_empty() {
+                continue;
+            }
+            match crate::lb::maglev::table(&backends, m) {
+                Ok(t) => {
+                    for (i, b) in t.iter().enumerate() {
+                        out.insert(
+                            MaglevKey {
+                                rev_nat_index: svc.id,
+                                pad: 0,
+                                index: i as u32,
+                            },
+                            b.0,
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, frontend = %svc.frontend, "no Maglev table"),
+            }
+        }
+        out
+    }
+
+    /// Writes what `want` has and `have` lacks or differs in, then removes what only
+    /// `have` has: backends and rev-NAT first, slots before the master entry that
+    /// counts them; removals masters first. Returns the number of map writes.
+    fn write_lb_diff(&mut self, want: &LbMaps, have: &LbMaps) -> Result<usize, AgentError> {
         let mut writes = 0;
         for (id, be) in &want.backends {
             if have.backends.get(id) != Some(be) {
@@ -274,66 +351,67 @@ impl AgentState {
             self.datapath.lb_backend_remove(*id)?;
             writes += 1;
         }
-        // Maglev tables of externally reachable frontends (NodePort, LoadBalancer, ExternalIP).
-        let mut want_maglev = BTreeMap::new();
-        if !self.config.devices.is_empty() {
-            let m = self.config.maglev_table_size as usize;
-            for svc in state
-                .services
-                .iter()
-                .filter(|s| s.frontend.kind != FrontendKind::ClusterIP)
-            {
-                let backends = state.maglev_backends(svc);
-                if backends.is_empty() {
-                    continue;
-                }
-                match crate::lb::maglev::table(&backends, m) {
-                    Ok(t) => {
-                        for (i, b) in t.iter().enumerate() {
-                            want_maglev.insert(
-                                MaglevKey {
-                                    rev_nat_index: svc.id,
-                                    pad: 0,
-                                    index: i as u32,
-                                },
-                                b.0,
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, frontend = %svc.frontend, "no Maglev table")
-                    }
-                }
-            }
+        Ok(writes)
+    }
+
+    /// Reprograms only the services named in `keys` (their store objects changed):
+    /// `Ok(None)` when the change reaches other services and a full regeneration must
+    /// decide. The diff is taken between the changed services' old and new entries.
+    pub fn regenerate_services_incremental(
+        &mut self,
+        keys: &std::collections::BTreeSet<(String, String)>,
+    ) -> Result<Option<usize>, AgentError> {
+        let (Some(store), Some(mut state)) = (&self.store, self.lb.state.take()) else {
+            return Ok(None);
+        };
+        let (services, slices) = store.services_for(keys);
+        let node_ips: Vec<IpAddr> = self.node_ips.iter().map(|a| IpAddr::V4(*a)).collect();
+        let node = NodeView {
+            node_name: &self.config.node_name,
+            node_ips: &node_ips,
+            nodeport_enabled: !self.config.devices.is_empty() || self.config.cgroup_root.is_some(),
+        };
+        let Some(delta) = crate::lb::state::compute_incremental(
+            &mut state,
+            &mut self.lb.index,
+            keys,
+            &services,
+            &slices,
+            &node,
+        ) else {
+            self.lb.state = Some(state);
+            return Ok(None);
+        };
+        self.lb.state = Some(state);
+        let want = desired_maps(&delta.added);
+        let have = desired_maps(&delta.removed);
+        let mut writes = self.write_lb_diff(&want, &have)?;
+        for k in have.services.keys() {
+            self.lb.maps.services.remove(k);
         }
-        for (k, v) in &want_maglev {
+        for k in have.revnat.keys() {
+            self.lb.maps.revnat.remove(k);
+        }
+        for k in have.backends.keys() {
+            self.lb.maps.backends.remove(k);
+        }
+        self.lb.maps.services.extend(want.services);
+        self.lb.maps.revnat.extend(want.revnat);
+        self.lb.maps.backends.extend(want.backends);
+        let old_mg = self.maglev_entries(&delta.removed);
+        let new_mg = self.maglev_entries(&delta.added);
+        for (k, v) in &new_mg {
             if self.lb.maglev.get(k) != Some(v) {
                 self.datapath.maglev_put(*k, *v)?;
                 writes += 1;
             }
         }
-        let stale: Vec<MaglevKey> = self
-            .lb
-            .maglev
-            .keys()
-            .filter(|k| !want_maglev.contains_key(*k))
-            .copied()
-            .collect();
-        for k in &stale {
+        for k in old_mg.keys().filter(|k| !new_mg.contains_key(*k)) {
             self.datapath.maglev_remove(k)?;
+            self.lb.maglev.remove(k);
             writes += 1;
         }
-        self.lb.maglev = want_maglev;
-        if writes > 0 {
-            info!(
-                writes,
-                services = state.services.len(),
-                backends = state.backends.len(),
-                "services programmed"
-            );
-        }
-        self.lb.maps = want;
-        self.lb.state = Some(state);
-        Ok(writes)
+        self.lb.maglev.extend(new_mg);
+        Ok(Some(writes))
     }
 }

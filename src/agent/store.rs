@@ -57,6 +57,20 @@ pub struct RemoteEndpoint {
     pub identity: u32,
 }
 
+/// The store's journal: "<generation> <file relative to the store>" per changed file.
+const JOURNAL: &str = "journal";
+
+/// What changed in the store since a generation.
+#[derive(Debug, Clone)]
+pub struct StoreChanges {
+    /// The generation these changes lead to.
+    pub generation: u64,
+    /// Where the next read of the journal starts.
+    pub offset: u64,
+    /// Files written or removed.
+    pub files: Vec<PathBuf>,
+}
+
 /// Everything in the store at one generation.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -141,9 +155,10 @@ impl Store {
             .unwrap_or(0)
     }
 
-    /// Increments the generation under an exclusive lock: several agents and the CLI
-    /// write the store at once.
-    fn bump(&self) -> Result<(), StoreError> {
+    /// Increments the generation under an exclusive lock (several agents and the CLI
+    /// write the store at once), after journaling which files the new generation
+    /// changed, so readers can apply just those.
+    fn bump(&self, changed: &[&Path]) -> Result<(), StoreError> {
         let lock_path = self.dir.join(".lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -157,8 +172,133 @@ impl Store {
                 source: e.into(),
             },
         )?;
+        let next = self.generation() + 1;
+        let mut lines = String::new();
+        for p in changed {
+            if let Ok(rel) = p.strip_prefix(&self.dir) {
+                lines.push_str(&format!("{next} {}\n", rel.display()));
+            }
+        }
+        let journal = self.dir.join(JOURNAL);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&journal)
+            .map_err(io(&journal))?;
+        std::io::Write::write_all(&mut f, lines.as_bytes()).map_err(io(&journal))?;
         let path = self.dir.join("generation");
-        Self::write_atomic(&path, (self.generation() + 1).to_string().as_bytes())
+        Self::write_atomic(&path, next.to_string().as_bytes())
+    }
+
+    /// The files changed after generation `since` up to the current one, reading the
+    /// journal from byte `offset` (what an earlier call returned). None when the
+    /// journal cannot tell (missing, or it does not reach back to `since`): read all.
+    pub fn changes_since(&self, since: u64, offset: u64) -> Option<StoreChanges> {
+        let generation = self.generation();
+        let journal = self.dir.join(JOURNAL);
+        let mut f = std::fs::File::open(&journal).ok()?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset)).ok()?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut f, &mut text).ok()?;
+        let mut out = StoreChanges {
+            generation,
+            offset,
+            files: Vec::new(),
+        };
+        let mut consumed = 0usize;
+        for line in text.split_inclusive('\n') {
+            if !line.ends_with('\n') {
+                break; // being written
+            }
+            let (g, rel) = line.trim_end().split_once(' ')?;
+            let g: u64 = g.parse().ok()?;
+            if g > generation {
+                break; // belongs to a generation not yet published
+            }
+            if g > since {
+                out.files.push(self.dir.join(rel));
+            }
+            consumed += line.len();
+        }
+        out.offset = offset + consumed as u64;
+        // Every generation after `since` must have left its lines (a generation bump
+        // without files, e.g. an empty apply, leaves none: then nothing changed).
+        Some(out)
+    }
+
+    /// Whether every file in `files` holds Services or EndpointSlices.
+    pub fn only_services(&self, files: &[PathBuf]) -> bool {
+        let dir = self.dir.join("services");
+        files.iter().all(|f| f.parent() == Some(dir.as_path()))
+    }
+
+    /// Re-reads changed Service/EndpointSlice files into the parse cache (a full
+    /// [`Store::snapshot`] must have filled it) and returns the services they touch, as
+    /// (namespace, name), before and after the change. None when the cache is cold.
+    pub fn refresh_services(
+        &self,
+        files: &[PathBuf],
+    ) -> Result<Option<std::collections::BTreeSet<(String, String)>>, StoreError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.is_empty() {
+            return Ok(None);
+        }
+        let mut keys = std::collections::BTreeSet::new();
+        let touch = |c: &Cached, keys: &mut std::collections::BTreeSet<(String, String)>| {
+            if let Cached::Services(svcs, slices) = c {
+                for s in svcs {
+                    keys.insert((s.namespace.clone(), s.name.clone()));
+                }
+                for s in slices {
+                    keys.insert((s.namespace.clone(), s.service_name.clone()));
+                }
+            }
+        };
+        for path in files {
+            if let Some((_, old)) = cache.remove(path) {
+                touch(&old, &mut keys);
+            }
+            let meta = match std::fs::metadata(path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(path)(e)),
+            };
+            let stamp = (meta.modified().map_err(io(path))?, meta.len());
+            let text = std::fs::read_to_string(path).map_err(io(path))?;
+            let p = crate::lb::parse::parse_stream(&text)?;
+            let c = Cached::Services(p.services, p.slices);
+            touch(&c, &mut keys);
+            cache.insert(path.clone(), (stamp, c));
+        }
+        Ok(Some(keys))
+    }
+
+    /// The cached Services and EndpointSlices of the given services.
+    pub fn services_for(
+        &self,
+        keys: &std::collections::BTreeSet<(String, String)>,
+    ) -> (
+        Vec<crate::lb::model::Service>,
+        Vec<crate::lb::model::EndpointSlice>,
+    ) {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut services, mut slices) = (Vec::new(), Vec::new());
+        for (_, c) in cache.values() {
+            if let Cached::Services(svcs, sls) = c {
+                let wanted = |ns: &str, name: &str| keys.iter().any(|(n, s)| n == ns && s == name);
+                for s in svcs {
+                    if wanted(&s.namespace, &s.name) {
+                        services.push(s.clone());
+                    }
+                }
+                for s in sls {
+                    if wanted(&s.namespace, &s.service_name) {
+                        slices.push(s.clone());
+                    }
+                }
+            }
+        }
+        (services, slices)
     }
 
     /// Writes through a temporary file unique to this process, then renames.
@@ -177,30 +317,27 @@ impl Store {
     pub fn put_pod(&self, pod: &PodObject) -> Result<(), StoreError> {
         let bytes =
             serde_json::to_vec_pretty(pod).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        Self::write_atomic(&self.pod_path(&pod.namespace, &pod.name), &bytes)?;
-        self.bump()
+        let path = self.pod_path(&pod.namespace, &pod.name);
+        Self::write_atomic(&path, &bytes)?;
+        self.bump(&[&path])
     }
 
     /// Announces a node (its agent does this at start).
     pub fn put_node(&self, node: &NodeObject) -> Result<(), StoreError> {
         let bytes =
             serde_json::to_vec_pretty(node).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        Self::write_atomic(
-            &self.dir.join("nodes").join(format!("{}.json", node.name)),
-            &bytes,
-        )?;
-        self.bump()
+        let path = self.dir.join("nodes").join(format!("{}.json", node.name));
+        Self::write_atomic(&path, &bytes)?;
+        self.bump(&[&path])
     }
 
     /// Publishes a node's endpoints for the other nodes.
     pub fn put_endpoints(&self, node: &str, eps: &[RemoteEndpoint]) -> Result<(), StoreError> {
         let bytes =
             serde_json::to_vec_pretty(eps).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        Self::write_atomic(
-            &self.dir.join("endpoints").join(format!("{node}.json")),
-            &bytes,
-        )?;
-        self.bump()
+        let path = self.dir.join("endpoints").join(format!("{node}.json"));
+        Self::write_atomic(&path, &bytes)?;
+        self.bump(&[&path])
     }
 
     pub fn get_pod(&self, namespace: &str, name: &str) -> Result<PodObject, StoreError> {
@@ -211,8 +348,9 @@ impl Store {
     }
 
     pub fn delete_pod(&self, namespace: &str, name: &str) -> Result<(), StoreError> {
-        let _ = std::fs::remove_file(self.pod_path(namespace, name));
-        self.bump()
+        let path = self.pod_path(namespace, name);
+        let _ = std::fs::remove_file(&path);
+        self.bump(&[&path])
     }
 
     /// Splits and validates a YAML stream; nothing is written when any document is invalid.
@@ -319,7 +457,8 @@ impl Store {
         for (tmp, file) in &staged {
             std::fs::rename(tmp, file).map_err(io(file))?;
         }
-        self.bump()?;
+        let files: Vec<&Path> = docs.iter().map(|d| d.file.as_path()).collect();
+        self.bump(&files)?;
         Ok(docs
             .into_iter()
             .map(|d| format!("{} configured", d.id))
@@ -338,7 +477,8 @@ impl Store {
         for d in &docs {
             std::fs::remove_file(&d.file).map_err(io(&d.file))?;
         }
-        self.bump()?;
+        let files: Vec<&Path> = docs.iter().map(|d| d.file.as_path()).collect();
+        self.bump(&files)?;
         Ok(docs
             .into_iter()
             .map(|d| format!("{} deleted ({})", d.id, d.kind))

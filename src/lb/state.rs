@@ -313,29 +313,50 @@ struct Wanted {
 }
 
 /// Ids from `lo` up to `hi`, reusing previous ones, lowest free first for new ones.
-struct IdAlloc {
+struct IdAlloc<'a> {
     used: BTreeSet<u32>,
     next: u32,
     hi: u32,
+    /// Ids held outside this computation (services not recomputed), less `released`.
+    taken: Option<&'a Reserved>,
 }
 
-impl IdAlloc {
-    fn new(lo: u32, hi: u32) -> Self {
+/// Ids that services outside an incremental computation hold: `all` minus `released`
+/// (the ids of the services being recomputed).
+#[derive(Debug, Default)]
+pub struct Reserved {
+    pub all: BTreeSet<u32>,
+    pub released: BTreeSet<u32>,
+}
+
+impl Reserved {
+    fn holds(&self, id: u32) -> bool {
+        self.all.contains(&id) && !self.released.contains(&id)
+    }
+}
+
+impl<'a> IdAlloc<'a> {
+    fn new(lo: u32, hi: u32, taken: Option<&'a Reserved>) -> Self {
         IdAlloc {
             used: BTreeSet::new(),
             next: lo,
             hi,
+            taken,
         }
+    }
+
+    pub(crate) fn taken(&self, id: u32) -> bool {
+        self.taken.is_some_and(|t| t.holds(id))
     }
 
     /// Keeps `id` if it is in range and not taken yet.
     fn keep(&mut self, id: u32) -> bool {
-        id >= 1 && id <= self.hi && self.used.insert(id)
+        id >= 1 && id <= self.hi && !self.taken(id) && self.used.insert(id)
     }
 
     /// Call only after every `keep`.
     fn fresh(&mut self) -> Option<u32> {
-        while self.used.contains(&self.next) {
+        while self.used.contains(&self.next) || self.taken(self.next) {
             self.next = self.next.checked_add(1)?;
         }
         if self.next > self.hi {
@@ -502,6 +523,19 @@ pub fn compute(
     node: &NodeView<'_>,
     prev: Option<&LbState>,
 ) -> LbState {
+    compute_reserving(services, slices, node, prev, None, None)
+}
+
+/// [`compute`] for a subset of the services, with the frontend and backend ids the
+/// other services hold kept out of the fresh ones.
+fn compute_reserving(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeView<'_>,
+    prev: Option<&LbState>,
+    fe_reserved: Option<&Reserved>,
+    be_reserved: Option<&Reserved>,
+) -> LbState {
     let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         if s.address_type == AddressType::Fqdn {
@@ -587,7 +621,7 @@ pub fn compute(
         });
     }
 
-    let mut fe_alloc = IdAlloc::new(1, u32::from(u16::MAX));
+    let mut fe_alloc = IdAlloc::new(1, u32::from(u16::MAX), fe_reserved);
     let mut fe_ids: HashMap<Frontend, u16> = HashMap::new();
     if let Some(prev) = prev {
         let wanted_now: std::collections::HashSet<Frontend> =
@@ -639,11 +673,12 @@ pub fn compute(
         }
     }
 
-    let mut be_alloc = IdAlloc::new(1, u32::MAX);
+    let mut be_alloc = IdAlloc::new(1, u32::MAX, be_reserved);
     let mut be_ids: HashMap<BackendKey, BackendId> = HashMap::new();
     if let Some(prev) = prev {
         for (id, b) in &prev.backends {
-            if refs.contains_key(&b.key()) && be_alloc.keep(id.0) {
+            // A backend other (not recomputed) services hold keeps its id: shared.
+            if refs.contains_key(&b.key()) && (be_alloc.keep(id.0) || be_alloc.taken(id.0)) {
                 be_ids.insert(b.key(), *id);
             }
         }
@@ -697,6 +732,234 @@ pub fn compute(
         conflicts,
         unallocated,
     }
+}
+
+/// Id bookkeeping of a computed state, for [`compute_incremental`]: every frontend id,
+/// every backend id, and how many frontends refer to each backend.
+#[derive(Debug, Default, Clone)]
+pub struct LbIndex {
+    pub fe_ids: BTreeSet<u32>,
+    pub be_ids: BTreeSet<u32>,
+    pub be_refs: HashMap<u32, u32>,
+}
+
+impl LbIndex {
+    pub fn of(state: &LbState) -> Self {
+        let mut ix = LbIndex::default();
+        for s in &state.services {
+            ix.add(s);
+        }
+        ix.be_ids = state.backends.keys().map(|b| b.0).collect();
+        ix
+    }
+
+    fn add(&mut self, s: &LbService) {
+        self.fe_ids.insert(u32::from(s.id));
+        for b in s.backends.iter().chain(&s.terminating) {
+            *self.be_refs.entry(b.0).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, s: &LbService) {
+        self.fe_ids.remove(&u32::from(s.id));
+        for b in s.backends.iter().chain(&s.terminating) {
+            if let Some(n) = self.be_refs.get_mut(&b.0) {
+                *n -= 1;
+                if *n == 0 {
+                    self.be_refs.remove(&b.0);
+                }
+            }
+        }
+    }
+}
+
+/// The result of an incremental computation: the new whole state, and the parts
+/// that changed (to diff against each other for the maps).
+pub struct LbDelta {
+    /// The changed services' frontends as they were, with their backends.
+    pub removed: LbState,
+    /// The changed services' frontends as they are now, with their backends.
+    pub added: LbState,
+}
+
+/// Recomputes only the services named in `changed` (given with their current objects in
+/// `services` and `slices`; a name without a Service was deleted), updating `state` and
+/// `index` in place, and returns what changed. Gives the same state [`compute`] would
+/// over all services, or returns `None` (leaving `state` and `index` untouched) when
+/// the change reaches beyond those services — a frontend or a backend another service
+/// also has, earlier conflicts, exhausted ids — and only a full computation can say.
+pub fn compute_incremental(
+    state: &mut LbState,
+    index: &mut LbIndex,
+    changed: &BTreeSet<(String, String)>,
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeView<'_>,
+) -> Option<LbDelta> {
+    // Conflicts the changed services take part in are settled by a full run (the loser
+    // may win now); conflicts among other services stay as they are.
+    if !state.unallocated.is_empty()
+        || state
+            .conflicts
+            .iter()
+            .any(|c| changed.contains(&c.owner) || changed.contains(&c.rejected))
+    {
+        return None;
+    }
+    let part = {
+        let old: Vec<&LbService> = state
+            .services
+            .iter()
+            .filter(|s| changed.contains(&s.service))
+            .collect();
+        let fe = Reserved {
+            all: std::mem::take(&mut index.fe_ids),
+            released: old.iter().map(|s| u32::from(s.id)).collect(),
+        };
+        // A backend id is free again only when no other service refers to it.
+        let mut old_refs: HashMap<u32, u32> = HashMap::new();
+        for b in old
+            .iter()
+            .flat_map(|s| s.backends.iter().chain(&s.terminating))
+        {
+            *old_refs.entry(b.0).or_default() += 1;
+        }
+        let be = Reserved {
+            all: std::mem::take(&mut index.be_ids),
+            released: old_refs
+                .iter()
+                .filter(|(id, n)| index.be_refs.get(id) == Some(n))
+                .map(|(id, _)| *id)
+                .collect(),
+        };
+        let part = compute_reserving(services, slices, node, Some(state), Some(&fe), Some(&be));
+        index.fe_ids = fe.all;
+        index.be_ids = be.all;
+        part
+    };
+    if !part.conflicts.is_empty() || !part.unallocated.is_empty() {
+        return None;
+    }
+    // Frontends another (unchanged) service holds: its claim decides, in a full run.
+    for s in &part.services {
+        if let Some(have) = state.service(&s.frontend) {
+            if !changed.contains(&have.service) {
+                return None;
+            }
+        }
+        // The same address:port/protocol/scope as another kind of frontend.
+        if state
+            .services
+            .iter()
+            .any(|o| o.frontend.key() == s.frontend.key() && !changed.contains(&o.service))
+        {
+            return None;
+        }
+    }
+    // Backends: an id several services refer to is one map entry whose state merges
+    // ("active if active anywhere"). Touched ids get their entry recomputed from every
+    // service that still refers to them.
+    let removed: Vec<LbService> = state
+        .services
+        .iter()
+        .filter(|s| changed.contains(&s.service))
+        .cloned()
+        .collect();
+    let mut touched: BTreeSet<u32> = removed
+        .iter()
+        .flat_map(|s| s.backends.iter().chain(&s.terminating))
+        .map(|b| b.0)
+        .collect();
+    for (id, b) in &part.backends {
+        // Another node name for an address other services hold: only a full run
+        // knows which one wins.
+        if let Some(have) = state.backends.get(id) {
+            if have.node_name.is_some() && b.node_name.is_some() && have.node_name != b.node_name {
+                return None;
+            }
+        }
+        touched.insert(id.0);
+    }
+    let old_backends: BTreeMap<BackendId, BackendRef> = touched
+        .iter()
+        .filter_map(|b| {
+            state
+                .backends
+                .get(&BackendId(*b))
+                .map(|r| (BackendId(*b), r.clone()))
+        })
+        .collect();
+
+    // Apply: services, then the touched backends.
+    for s in &removed {
+        index.remove(s);
+    }
+    state.services.retain(|s| !changed.contains(&s.service));
+    for s in &part.services {
+        index.add(s);
+        state.services.push(s.clone());
+    }
+    state.services.sort_by_key(|s| s.frontend);
+    let mut merged: HashMap<u32, BackendState> = HashMap::new();
+    for s in &state.services {
+        let active = if s.flags.terminating_fallback {
+            BackendState::Terminating
+        } else {
+            BackendState::Active
+        };
+        let refs = s
+            .backends
+            .iter()
+            .map(|b| (b, active))
+            .chain(s.terminating.iter().map(|b| (b, BackendState::Terminating)));
+        for (b, st) in refs {
+            if touched.contains(&b.0) {
+                let e = merged.entry(b.0).or_insert(st);
+                *e = (*e).min(st);
+            }
+        }
+    }
+    let mut new_backends = BTreeMap::new();
+    for id in &touched {
+        let key = BackendId(*id);
+        match merged.get(id) {
+            None => {
+                state.backends.remove(&key);
+                index.be_ids.remove(id);
+            }
+            Some(st) => {
+                let mut r = match (state.backends.get(&key), part.backends.get(&key)) {
+                    // The same id for another address: the old one's id was freed.
+                    (Some(have), Some(new)) if have.key() != new.key() => new.clone(),
+                    (Some(have), Some(new)) => {
+                        let mut r = have.clone();
+                        if r.node_name.is_none() {
+                            r.node_name.clone_from(&new.node_name);
+                        }
+                        r
+                    }
+                    (Some(have), None) => have.clone(),
+                    (None, Some(new)) => new.clone(),
+                    (None, None) => continue,
+                };
+                r.state = *st;
+                state.backends.insert(key, r.clone());
+                index.be_ids.insert(*id);
+                new_backends.insert(key, r);
+            }
+        }
+    }
+    let mut added = part;
+    added.backends = new_backends;
+    Some(LbDelta {
+        removed: LbState {
+            services: removed,
+            backends: old_backends,
+            conflicts: vec![],
+            unallocated: vec![],
+        },
+        added,
+    })
 }
 
 /// One line per frontend, for golden tests and `cilium bpf lb list`:
@@ -1066,5 +1329,159 @@ mod tests {
         let s = compute(&[], &[], &node(), None);
         assert_eq!(s, LbState::default());
         assert_eq!(dump(&s), "");
+    }
+
+    /// A service of the randomized model: ClusterIP, or NodePort, with its endpoints.
+    #[derive(Clone)]
+    struct Model {
+        ip: u8,
+        port: u16,
+        node_port: Option<u16>,
+        /// Last octets of the backend addresses (10.1.0.x); shared values share backends.
+        backends: Vec<u8>,
+        terminating: bool,
+    }
+
+    fn model_yaml(name: &str, m: &Model) -> String {
+        let np = m
+            .node_port
+            .map(|p| format!(", nodePort: {p}"))
+            .unwrap_or_default();
+        let ty = if m.node_port.is_some() {
+            "NodePort"
+        } else {
+            "ClusterIP"
+        };
+        let eps: String = m
+            .backends
+            .iter()
+            .map(|b| {
+                format!(
+                    "- addresses: [10.1.0.{b}]\n  conditions: {{ready: {}, serving: true, terminating: {}}}\n",
+                    !m.terminating, m.terminating
+                )
+            })
+            .collect();
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec: {{type: {ty}, clusterIP: 10.96.0.{}, ports: [{{port: {}{np}}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{eps}---\n",
+            m.ip, m.port
+        )
+    }
+
+    #[test]
+    fn incremental_equals_full_computation() {
+        // A deterministic pseudo-random walk of adds, deletes, endpoint and port changes,
+        // with overlapping frontends and shared backends now and then.
+        let mut seed: u64 = 0x9e3779b97f4a7c15;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut models: BTreeMap<String, Model> = BTreeMap::new();
+        let all_yaml = |models: &BTreeMap<String, Model>| -> String {
+            models.iter().map(|(n, m)| model_yaml(n, m)).collect()
+        };
+        let mut full = run("", None);
+        let mut incr = full.clone();
+        let mut index = LbIndex::of(&incr);
+        let (mut fast, mut fallback) = (0, 0);
+        for step in 0..400 {
+            let k = rnd(40);
+            let name = format!("svc{k}");
+            let mut changed = BTreeSet::new();
+            changed.insert(("default".to_string(), name.clone()));
+            match rnd(5) {
+                0 => {
+                    models.remove(&name);
+                }
+                _ => {
+                    let mut m = models.get(&name).cloned().unwrap_or(Model {
+                        // Own cluster IP, but now and then one another service has.
+                        ip: if rnd(50) == 0 {
+                            rnd(40) as u8 + 1
+                        } else {
+                            k as u8 + 1
+                        },
+                        port: 80,
+                        node_port: None,
+                        backends: vec![],
+                        terminating: false,
+                    });
+                    match rnd(6) {
+                        0 => m.port = 80 + rnd(3) as u16,
+                        1 => m.node_port = (rnd(2) == 0).then(|| 30000 + rnd(500) as u16),
+                        2 => m.terminating = !m.terminating,
+                        // Mostly unique backends; sometimes one shared with another service.
+                        3 => m.backends = vec![rnd(6) as u8 + 1],
+                        _ => {
+                            let base = 10 + (k as u8) * 5;
+                            m.backends = (0..1 + rnd(3) as u8).map(|i| base + i).collect();
+                        }
+                    }
+                    models.insert(name.clone(), m);
+                }
+            }
+            let all = parse_stream(&all_yaml(&models)).unwrap();
+            let want = compute(&all.services, &all.slices, &node(), Some(&full));
+            let mine = models
+                .get(&name)
+                .map(|m| parse_stream(&model_yaml(&name, m)).unwrap())
+                .unwrap_or_default();
+            let before = incr.clone();
+            match compute_incremental(
+                &mut incr,
+                &mut index,
+                &changed,
+                &mine.services,
+                &mine.slices,
+                &node(),
+            ) {
+                Some(delta) => {
+                    fast += 1;
+                    if incr != want {
+                        let (a, b) = (dump(&incr), dump(&want));
+                        let only_incr: Vec<&str> =
+                            a.lines().filter(|l| !b.lines().any(|x| x == *l)).collect();
+                        let only_full: Vec<&str> =
+                            b.lines().filter(|l| !a.lines().any(|x| x == *l)).collect();
+                        panic!(
+                            "step {step} ({name}): incremental differs\nincremental only: {only_incr:#?}\nfull only: {only_full:#?}\nbackends incr {:?}\nbackends full {:?}",
+                            incr.backends, want.backends
+                        );
+                    }
+                    for s in &delta.removed.services {
+                        assert_eq!(s.service.1, name);
+                    }
+                    for s in &delta.added.services {
+                        assert_eq!(s.service.1, name);
+                    }
+                }
+                None => {
+                    fallback += 1;
+                    assert_eq!(
+                        incr, before,
+                        "step {step}: a refused change leaves the state"
+                    );
+                    incr = want.clone();
+                    index = LbIndex::of(&incr);
+                }
+            }
+            let fresh = LbIndex::of(&incr);
+            assert_eq!(index.fe_ids, fresh.fe_ids, "step {step}: frontend ids");
+            assert_eq!(index.be_ids, fresh.be_ids, "step {step}: backend ids");
+            assert_eq!(index.be_refs, fresh.be_refs, "step {step}: backend refs");
+            full = want;
+        }
+        eprintln!("{fast} changes incremental, {fallback} by full computation");
+        assert!(
+            fast > fallback,
+            "most changes take the incremental path: {fast} fast, {fallback} full"
+        );
     }
 }
