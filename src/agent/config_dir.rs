@@ -21,13 +21,13 @@ pub const DEFAULT_CGROUP_ROOT: &str = "/run/cilium/cgroupv2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigDirError {
-    #[error("reading the config directory {path}: {source}")]
+    #[error("reading the config directory {path}")]
     ReadDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("reading config file {path}: {source}")]
+    #[error("reading config file {path}")]
     ReadFile {
         path: PathBuf,
         #[source]

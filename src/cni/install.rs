@@ -25,26 +25,26 @@ pub enum InstallError {
     MissingDir { what: &'static str, path: PathBuf },
     #[error("the CNI {what} directory {path} is not a directory")]
     NotDir { what: &'static str, path: PathBuf },
-    #[error("cannot write {path}: {source} (the {what} directory must be writable by this user: run as root or mount it read-write)")]
+    #[error("cannot write {path} (the {what} directory must be writable by this user: run as root or mount it read-write)")]
     Write {
         what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("removing {path}: {source}")]
+    #[error("removing {path}")]
     Remove {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("locating the running executable: {0}")]
+    #[error("locating the running executable")]
     CurrentExe(#[source] std::io::Error),
 }
 
@@ -94,8 +94,9 @@ impl InstallOptions {
     }
 }
 
-/// Installs the plugin and the configuration list (idempotent: an identical file is left
-/// alone). Both directories are checked before anything is written.
+/// Installs the plugin, then the configuration list (a runtime that sees the list finds
+/// the plugin). Idempotent: an identical file is left alone. Both directories must exist
+/// before anything is written.
 pub fn install(opts: &InstallOptions) -> Result<Vec<FileChange>, InstallError> {
     check_dir("bin", &opts.bin_dir)?;
     check_dir("conf", &opts.conf_dir)?;
@@ -220,7 +221,7 @@ fn same_contents(a: &Path, b: &Path) -> Result<bool, InstallError> {
 
 /// Writes `dir/name` through `dir/.name.tmp.<pid>`: contents, mode, fsync, rename over the
 /// old file (whose inode a running process keeps), fsync of the directory. The temporary
-/// file is removed when anything fails.
+/// file is removed when anything fails; errors name the destination.
 fn write_atomic(
     what: &'static str,
     dir: &Path,
@@ -237,12 +238,12 @@ fn write_atomic(
             .create_new(true)
             .mode(mode)
             .open(&tmp)
-            .map_err(|e| (tmp.clone(), e))?;
-        fill(&mut f).map_err(|e| (tmp.clone(), e))?;
+            .map_err(|e| (dest.clone(), e))?;
+        fill(&mut f).map_err(|e| (dest.clone(), e))?;
         // The umask may have narrowed the mode of the new file.
         f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| (tmp.clone(), e))?;
-        f.sync_all().map_err(|e| (tmp.clone(), e))?;
+            .map_err(|e| (dest.clone(), e))?;
+        f.sync_all().map_err(|e| (dest.clone(), e))?;
         std::fs::rename(&tmp, &dest).map_err(|e| (dest.clone(), e))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
