@@ -97,7 +97,10 @@ fn a_bad_value_stops_the_agent_with_key_file_and_allowed_values() {
         "{stderr}"
     );
     assert!(stderr.contains("vxlan, geneve"), "{stderr}");
-    assert!(!stderr.contains("cilium-test-ns"), "stopped before the node: {stderr}");
+    assert!(
+        !stderr.contains("cilium-test-ns"),
+        "stopped before the node: {stderr}"
+    );
 }
 
 #[test]

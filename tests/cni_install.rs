@@ -17,7 +17,8 @@ struct Dirs {
 
 impl Dirs {
     fn new(name: &str) -> Self {
-        let root = std::env::temp_dir().join(format!("cilium-cni-install-{name}-{}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("cilium-cni-install-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::create_dir_all(root.join("net.d")).unwrap();
@@ -86,7 +87,10 @@ fn install_writes_the_plugin_and_a_conflist_the_runtime_parses_and_is_idempotent
     assert!(out.contains("05-cilium.conflist: installed"), "{out}");
 
     // The plugin is this very executable, executable by everyone.
-    assert_eq!(std::fs::read(d.plugin()).unwrap(), std::fs::read(BIN).unwrap());
+    assert_eq!(
+        std::fs::read(d.plugin()).unwrap(),
+        std::fs::read(BIN).unwrap()
+    );
     let meta = std::fs::metadata(d.plugin()).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
 
@@ -166,19 +170,27 @@ fn missing_or_unusable_directories_are_errors_naming_the_path() {
     assert!(names(&d.conf()).is_empty());
 
     let e = fail("install-cni", &d.bin(), &missing);
-    assert!(e.contains(&missing.display().to_string()) && e.contains("does not exist"), "{e}");
+    assert!(
+        e.contains(&missing.display().to_string()) && e.contains("does not exist"),
+        "{e}"
+    );
     assert!(names(&d.bin()).is_empty());
 
     let file = d.root.join("a-file");
     std::fs::write(&file, b"").unwrap();
     let e = fail("install-cni", &d.bin(), &file);
-    assert!(e.contains(&file.display().to_string()) && e.contains("not a directory"), "{e}");
+    assert!(
+        e.contains(&file.display().to_string()) && e.contains("not a directory"),
+        "{e}"
+    );
 
     // sysfs refuses new files even to root: an unwritable directory for any user.
     let e = fail("install-cni", &d.bin(), Path::new("/sys"));
     assert!(e.contains("/sys/05-cilium.conflist"), "{e}");
     assert!(e.contains("writable"), "{e}");
-    assert!(!names(Path::new("/sys")).iter().any(|n| n.contains("cilium")));
+    assert!(!names(Path::new("/sys"))
+        .iter()
+        .any(|n| n.contains("cilium")));
 
     let e = fail("uninstall-cni", &missing, &d.conf());
     assert!(e.contains(&missing.display().to_string()), "{e}");

@@ -75,12 +75,11 @@ impl ConfigDir {
             if !meta.is_file() {
                 continue;
             }
-            let text = std::fs::read_to_string(&file).map_err(|source| {
-                ConfigDirError::ReadFile {
+            let text =
+                std::fs::read_to_string(&file).map_err(|source| ConfigDirError::ReadFile {
                     path: file.clone(),
                     source,
-                }
-            })?;
+                })?;
             values.insert(name, text.trim().to_string());
         }
         Ok(Self {
@@ -187,9 +186,8 @@ pub const MAPPED: &[Mapped] = &[
         flag: "cgroup_root",
         allowed: || "true, false".into(),
         apply: |c, v, dir| {
-            c.cgroup_root = boolean(v)?.then(|| {
-                PathBuf::from(dir.get("cgroup-root").unwrap_or(DEFAULT_CGROUP_ROOT))
-            });
+            c.cgroup_root = boolean(v)?
+                .then(|| PathBuf::from(dir.get("cgroup-root").unwrap_or(DEFAULT_CGROUP_ROOT)));
             Ok(())
         },
     },
@@ -240,19 +238,40 @@ pub const MAPPED: &[Mapped] = &[
 /// Keys the install renders that this agent accepts without acting on them yet, and
 /// what it does instead. Each is named in one warning at start.
 pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("cluster-name", "identities carry no cluster name (no cluster mesh)"),
+    (
+        "cluster-name",
+        "identities carry no cluster name (no cluster mesh)",
+    ),
     ("cluster-id", "no cluster mesh"),
     ("ipam", "the node's pod CIDR is --pod-cidr (no operator)"),
-    ("cluster-pool-ipv4-cidr", "the node's pod CIDR is --pod-cidr"),
-    ("cluster-pool-ipv4-mask-size", "the node's pod CIDR is --pod-cidr"),
+    (
+        "cluster-pool-ipv4-cidr",
+        "the node's pod CIDR is --pod-cidr",
+    ),
+    (
+        "cluster-pool-ipv4-mask-size",
+        "the node's pod CIDR is --pod-cidr",
+    ),
     ("ipv4-native-routing-cidr", "no masquerading"),
     ("k8s-service-host", "no Kubernetes API client yet"),
     ("k8s-service-port", "no Kubernetes API client yet"),
-    ("bpf-map-dynamic-size-ratio", "map sizes are fixed in the eBPF objects"),
-    ("bpf-ct-global-tcp-max", "map sizes are fixed in the eBPF objects"),
-    ("bpf-ct-global-any-max", "map sizes are fixed in the eBPF objects"),
+    (
+        "bpf-map-dynamic-size-ratio",
+        "map sizes are fixed in the eBPF objects",
+    ),
+    (
+        "bpf-ct-global-tcp-max",
+        "map sizes are fixed in the eBPF objects",
+    ),
+    (
+        "bpf-ct-global-any-max",
+        "map sizes are fixed in the eBPF objects",
+    ),
     ("bpf-lb-map-max", "map sizes are fixed in the eBPF objects"),
-    ("bpf-policy-map-max", "map sizes are fixed in the eBPF objects"),
+    (
+        "bpf-policy-map-max",
+        "map sizes are fixed in the eBPF objects",
+    ),
     (
         "bpf-lb-algorithm",
         "Maglev for NodePort frontends when --devices are set, random otherwise",
@@ -493,7 +512,11 @@ mod tests {
         assert_eq!(c.routing_mode, RoutingMode::Tunnel, "flag wins");
         assert_eq!(c.devices, ["eth0"], "flag wins");
         assert_eq!(c.cgroup_root, Some(PathBuf::from("/sys/fs/cgroup/x")));
-        assert_eq!(c.enable_policy, PolicyMode::Never, "directory wins over default");
+        assert_eq!(
+            c.enable_policy,
+            PolicyMode::Never,
+            "directory wins over default"
+        );
         assert_eq!(c.maglev_table_size, 251, "directory wins over default");
         assert_eq!(
             a.overridden,
@@ -588,11 +611,19 @@ mod tests {
         let ids: BTreeSet<&str> = cmd.get_arguments().map(|a| a.get_id().as_str()).collect();
         let mut seen = BTreeSet::new();
         for m in MAPPED {
-            assert!(ids.contains(m.flag), "{} maps to unknown flag {}", m.key, m.flag);
+            assert!(
+                ids.contains(m.flag),
+                "{} maps to unknown flag {}",
+                m.key,
+                m.flag
+            );
             assert!(seen.insert(m.key), "{} twice", m.key);
         }
         for (k, _) in NOT_IMPLEMENTED {
-            assert!(seen.insert(k), "{k} both mapped and not implemented, or twice");
+            assert!(
+                seen.insert(k),
+                "{k} both mapped and not implemented, or twice"
+            );
         }
     }
 
@@ -648,8 +679,7 @@ mod tests {
             vec![],
             vec!["routingMode=native,ipv4NativeRoutingCIDR=10.0.0.0/8".to_string()],
             vec![
-                "kubeProxyReplacement=true,k8sServiceHost=10.0.0.1,k8sServicePort=6443"
-                    .to_string(),
+                "kubeProxyReplacement=true,k8sServiceHost=10.0.0.1,k8sServicePort=6443".to_string(),
             ],
         ] {
             let values = Values::load(&ValueSources {

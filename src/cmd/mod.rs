@@ -552,7 +552,9 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
             };
             let explicit_level = matches!(
                 matches.value_source("log_level"),
-                Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+                Some(
+                    clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable
+                )
             );
             let level = if cfg.debug && !explicit_level {
                 "debug"
@@ -1377,9 +1379,7 @@ mod tests {
     /// port and path.
     #[test]
     fn the_rendered_daemonset_calls_what_this_binary_has() {
-        use k8s_openapi::{
-            api::apps::v1::DaemonSet, apimachinery::pkg::util::intstr::IntOrString,
-        };
+        use k8s_openapi::{api::apps::v1::DaemonSet, apimachinery::pkg::util::intstr::IntOrString};
         let values = crate::install::Values::load(&Default::default()).expect("values");
         let docs =
             crate::install::render::render_documents(&values, "kube-system").expect("render");

@@ -114,8 +114,8 @@ pub fn install(opts: &InstallOptions) -> Result<Vec<FileChange>, InstallError> {
         })?;
         "installed"
     };
-    let mut text = serde_json::to_vec_pretty(&conflist(&opts.agent_socket))
-        .expect("a JSON value serializes");
+    let mut text =
+        serde_json::to_vec_pretty(&conflist(&opts.agent_socket)).expect("a JSON value serializes");
     text.push(b'\n');
     let conf = opts.conf_dir.join(CONFLIST_FILE);
     let conf_change = if std::fs::read(&conf).is_ok_and(|old| old == text) {
@@ -198,7 +198,10 @@ fn same_contents(a: &Path, b: &Path) -> Result<bool, InstallError> {
         let path = path.to_path_buf();
         move |source| InstallError::Read { path, source }
     };
-    let (Ok(mb), ma) = (std::fs::metadata(b), std::fs::metadata(a).map_err(read_err(a))?) else {
+    let (Ok(mb), ma) = (
+        std::fs::metadata(b),
+        std::fs::metadata(a).map_err(read_err(a))?,
+    ) else {
         return Ok(false);
     };
     if !mb.is_file() || mb.len() != ma.len() {
