@@ -45,6 +45,57 @@ async fn healthz(State(s): State<Shared>) -> Json<StatusResponse> {
     Json(s.lock().await.status())
 }
 
+/// `GET /healthz` of the health port: 200 and a short status while the agent is Ok,
+/// 503 otherwise (the same status as `/v1/healthz`).
+async fn probe_healthz(State(s): State<Shared>) -> (StatusCode, Json<HealthResponse>) {
+    let st = s.lock().await.status();
+    let code = if st.state == "Ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(HealthResponse {
+            state: st.state,
+            node_name: st.node_name,
+            version: st.version,
+            uptime_seconds: st.uptime_seconds,
+        }),
+    )
+}
+
+/// The routes of the health port (plain HTTP on 127.0.0.1, for kubelet probes).
+pub fn health_router(state: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(probe_healthz))
+        .with_state(state)
+}
+
+/// Binds the health port on 127.0.0.1 (before the agent starts, so a taken port fails
+/// fast); serve it with [`serve_health`] once the agent is up.
+pub async fn bind_health(port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "binding the health endpoint {addr}: {e} (another agent on this node? \
+             choose another --health-port, or 0 to disable it)"
+        )
+    })
+}
+
+/// Serves `/healthz` on `listener` until the process ends.
+pub fn serve_health(state: Shared, listener: tokio::net::TcpListener) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "health endpoint listening (GET /healthz)");
+    }
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, health_router(state)).await {
+            warn!(error = %e, "health endpoint stopped");
+        }
+    });
+}
+
 async fn ipam_allocate(
     State(s): State<Shared>,
     Json(req): Json<IpamRequest>,

@@ -2,6 +2,7 @@
 //! and the REST API on a unix socket the CNI plugin and the CLI talk to.
 pub mod api;
 pub mod client;
+pub mod config_dir;
 pub mod endpoints;
 pub mod events;
 pub mod identity;
@@ -30,9 +31,16 @@ use endpoints::{Endpoints, StateError};
 use ipam::{Ipam, IpamError};
 use models::*;
 
+/// Cilium's agent health port: `GET http://127.0.0.1:9879/healthz` (the DaemonSet's probes).
+pub const DEFAULT_HEALTH_PORT: u16 = 9879;
+
 /// Agent configuration (flags of `cilium agent`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentConfig {
+    /// Cilium configuration directory (a mounted ConfigMap: one file per option, e.g.
+    /// routing-mode, enable-policy); flags given explicitly win over its values.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
     /// Name of this node.
     #[arg(long, env = "CILIUM_NODE_NAME", default_value = "node1")]
     pub node_name: String,
@@ -96,6 +104,12 @@ pub struct AgentConfig {
     /// How often expired connection tracking entries are removed.
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     pub ct_gc_interval: u64,
+    /// Port of the plain-HTTP health endpoint on 127.0.0.1 (`GET /healthz`); 0 disables it.
+    #[arg(long, default_value_t = DEFAULT_HEALTH_PORT)]
+    pub health_port: u16,
+    /// Debug logging (unless --log-level is given).
+    #[arg(long)]
+    pub debug: bool,
 }
 
 fn parse_maglev_size(s: &str) -> Result<u32, String> {
@@ -666,6 +680,10 @@ impl AgentState {
 /// Runs the agent until SIGTERM/SIGINT. Leaves the datapath in place on exit.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let socket = config.socket.clone();
+    let health = match config.health_port {
+        0 => None,
+        port => Some(api::bind_health(port).await?),
+    };
     let mut state = AgentState::start(config).await?;
     info!(node = %state.config.node_name, cidr = %state.config.pod_cidr, endpoints = state.endpoints.len(), "agent started");
     let ring = state.datapath.take_events()?;
@@ -674,6 +692,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let shared: Shared = Arc::new(Mutex::new(state));
     tokio::spawn(watch_store(shared.clone()));
     tokio::spawn(ct_gc(shared.clone(), gc_every));
+    if let Some(listener) = health {
+        api::serve_health(shared.clone(), listener);
+    }
     api::serve(shared, events, &socket).await?;
     info!("agent stopped; the datapath keeps forwarding");
     Ok(())

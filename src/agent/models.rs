@@ -124,6 +124,15 @@ pub struct GcResponse {
     pub released_ips: Vec<IpAddr>,
 }
 
+/// GET /healthz on the health port (kubelet probes): the gist of [`StatusResponse`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthResponse {
+    pub state: String,
+    pub node_name: String,
+    pub version: String,
+    pub uptime_seconds: u64,
+}
+
 /// GET /v1/healthz
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusResponse {

@@ -250,15 +250,7 @@ impl Cluster {
 
     /// A CNI conflist for real runtimes (podman, containerd) on this cluster's first node.
     pub fn conflist(&self, node: &NodeSpec) -> serde_json::Value {
-        serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "cilium",
-            "plugins": [{
-                "type": "cilium-cni",
-                "agentSocket": node.socket,
-                "capabilities": { "portMappings": true },
-            }],
-        })
+        crate::cni::install::conflist(&node.socket.display().to_string())
     }
 }
 

@@ -9,7 +9,7 @@ pub mod probe;
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::{
@@ -52,8 +52,8 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
-    /// Run the node agent (DaemonSet entrypoint)
-    Agent(agent::AgentConfig),
+    /// Run the node agent (DaemonSet entrypoint), or install its CNI plugin on the node
+    Agent(AgentArgs),
     /// Show the agent's status
     Status {
         #[arg(short, long, value_enum, default_value_t)]
@@ -123,6 +123,42 @@ enum Cmd {
     /// The container image of this binary
     #[command(subcommand)]
     Image(install::ImageCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    cmd: Option<AgentCmd>,
+    #[command(flatten)]
+    config: agent::AgentConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCmd {
+    /// Copy this executable to <cni-bin-dir>/cilium-cni and write
+    /// <cni-conf-dir>/05-cilium.conflist (the DaemonSet's init container; idempotent)
+    InstallCni(InstallCniArgs),
+    /// Remove exactly <cni-bin-dir>/cilium-cni and <cni-conf-dir>/05-cilium.conflist
+    UninstallCni(CniDirs),
+}
+
+#[derive(Debug, Args)]
+struct CniDirs {
+    /// Directory of CNI plugin binaries (the host's /opt/cni/bin)
+    #[arg(long, default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// Directory of CNI network configurations (the host's /etc/cni/net.d)
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct InstallCniArgs {
+    #[command(flatten)]
+    dirs: CniDirs,
+    /// The agent API socket the plugin talks to (written into the configuration list)
+    #[arg(long, default_value = crate::cni::spec::DEFAULT_AGENT_SOCKET)]
+    agent_socket: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -417,13 +453,36 @@ pub fn main_with_prefix(prefix: &[&str]) -> i32 {
     for (i, p) in prefix.iter().enumerate() {
         args.insert(1 + i, (*p).into());
     }
-    let cli = Cli::parse_from(args);
-    match run(cli) {
+    let matches = Cli::command().get_matches_from(args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("Error: {e:#}");
             1
         }
+    }
+}
+
+/// One line for what the config directory set, one warning each for keys not acted on.
+fn log_config_dir(a: &agent::config_dir::Applied, dir: &std::path::Path) {
+    tracing::info!(
+        dir = %dir.display(),
+        applied = %a.applied.join(","),
+        overridden_by_flags = %a.overridden.join(","),
+        "configuration directory read"
+    );
+    if !a.not_implemented.is_empty() {
+        tracing::warn!(
+            keys = %a.not_implemented.join(","),
+            "configuration keys accepted but not implemented by this agent yet; they have no effect"
+        );
+    }
+    if !a.unknown.is_empty() {
+        tracing::warn!(
+            keys = %a.unknown.join(","),
+            "unknown configuration keys ignored"
+        );
     }
 }
 
@@ -450,13 +509,62 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
-fn run(cli: Cli) -> Result<i32> {
+fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
     match cli.cmd {
         Cmd::Version { output } => version(output),
         Cmd::Install(a) => install::run_install(a),
         Cmd::Image(c) => install::run_image(c),
-        Cmd::Agent(cfg) => {
-            init_logging(&cli.log_level, &cli.log_format);
+        Cmd::Agent(AgentArgs {
+            cmd: Some(AgentCmd::InstallCni(a)),
+            ..
+        }) => {
+            let opts = crate::cni::install::InstallOptions {
+                agent_socket: a.agent_socket,
+                ..crate::cni::install::InstallOptions::from_current_exe(
+                    a.dirs.cni_bin_dir,
+                    a.dirs.cni_conf_dir,
+                )?
+            };
+            for c in crate::cni::install::install(&opts)? {
+                println!("{}: {}", c.path.display(), c.action);
+            }
+            Ok(0)
+        }
+        Cmd::Agent(AgentArgs {
+            cmd: Some(AgentCmd::UninstallCni(d)),
+            ..
+        }) => {
+            for c in crate::cni::install::uninstall(&d.cni_bin_dir, &d.cni_conf_dir)? {
+                println!("{}: {}", c.path.display(), c.action);
+            }
+            Ok(0)
+        }
+        Cmd::Agent(AgentArgs {
+            cmd: None,
+            config: mut cfg,
+        }) => {
+            let applied = match (&cfg.config_dir, matches.subcommand_matches("agent")) {
+                (Some(dir), Some(m)) => {
+                    let dir = agent::config_dir::ConfigDir::read(dir)?;
+                    Some((agent::config_dir::apply(&mut cfg, &dir, m)?, dir.path))
+                }
+                _ => None,
+            };
+            let explicit_level = matches!(
+                matches.value_source("log_level"),
+                Some(
+                    clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable
+                )
+            );
+            let level = if cfg.debug && !explicit_level {
+                "debug"
+            } else {
+                cli.log_level.as_str()
+            };
+            init_logging(level, &cli.log_format);
+            if let Some((a, dir)) = applied {
+                log_config_dir(&a, &dir);
+            }
             // Enter the node's namespace before any thread exists, so every thread is in it.
             if let Some(ns) = &cfg.netns {
                 datapath::netns::enter(ns)?;
@@ -1265,6 +1373,75 @@ fn version(output: Output) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The commands and probes of the rendered DaemonSet are ones this binary has: the init
+    /// container and the agent parse with this CLI, and the probes hit the agent's health
+    /// port and path.
+    #[test]
+    fn the_rendered_daemonset_calls_what_this_binary_has() {
+        use k8s_openapi::{api::apps::v1::DaemonSet, apimachinery::pkg::util::intstr::IntOrString};
+        let values = crate::install::Values::load(&Default::default()).expect("values");
+        let docs =
+            crate::install::render::render_documents(&values, "kube-system").expect("render");
+        let ds = docs
+            .iter()
+            .find(|d| d.source == "templates/agent-daemonset.yaml")
+            .expect("DaemonSet rendered");
+        let ds: DaemonSet = serde_yaml::from_str(&ds.yaml).expect("a DaemonSet");
+        let pod = ds.spec.and_then(|s| s.template.spec).expect("pod spec");
+        let init = &pod.init_containers.unwrap_or_default()[0];
+        let cli = Cli::try_parse_from(init.command.clone().unwrap_or_default())
+            .expect("the init container's command parses");
+        let Cmd::Agent(AgentArgs {
+            cmd: Some(AgentCmd::InstallCni(a)),
+            ..
+        }) = cli.cmd
+        else {
+            panic!("the init container does not run `cilium agent install-cni`");
+        };
+        let mounts: Vec<String> = init
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.mount_path)
+            .collect();
+        for dir in [&a.dirs.cni_bin_dir, &a.dirs.cni_conf_dir] {
+            assert!(
+                mounts.contains(&dir.display().to_string()),
+                "{} is not mounted",
+                dir.display()
+            );
+        }
+        assert_eq!(a.agent_socket, crate::cni::spec::DEFAULT_AGENT_SOCKET);
+
+        let agent_c = &pod.containers[0];
+        let cli = Cli::try_parse_from(agent_c.command.clone().unwrap_or_default())
+            .expect("the agent's command parses");
+        let Cmd::Agent(AgentArgs { cmd: None, config }) = cli.cmd else {
+            panic!("the agent container does not run `cilium agent`");
+        };
+        let config_dir = config.config_dir.expect("--config-dir");
+        assert!(agent_c
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .any(|m| std::path::Path::new(&m.mount_path) == config_dir));
+        for probe in [
+            &agent_c.startup_probe,
+            &agent_c.liveness_probe,
+            &agent_c.readiness_probe,
+        ] {
+            let get = probe
+                .as_ref()
+                .and_then(|p| p.http_get.clone())
+                .expect("httpGet");
+            assert_eq!(get.port, IntOrString::Int(config.health_port.into()));
+            assert_eq!(get.path.as_deref(), Some("/healthz"));
+            assert_eq!(get.host.as_deref(), Some("127.0.0.1"));
+        }
+    }
 
     #[test]
     fn durations_and_labels_parse() {

@@ -1,5 +1,6 @@
 //! The CNI plugin (argv[0] `cilium-cni`): ADD / DEL / CHECK / VERSION / STATUS / GC.
 //! It builds the pod's link, asks the agent for addresses and hands the endpoint over.
+pub mod install;
 pub mod plugin;
 pub mod spec;
 

@@ -700,6 +700,54 @@ impl NetConf {
     }
 }
 
+/// A network configuration list (`*.conflist`), as a runtime reads it from its
+/// configuration directory: each plugin gets the list's cniVersion and name injected and is
+/// parsed as a [`NetConf`], with the same errors.
+#[derive(Debug, Clone)]
+pub struct NetConfList {
+    pub cni_version: String,
+    pub name: String,
+    pub plugins: Vec<NetConf>,
+}
+
+impl NetConfList {
+    pub fn parse(bytes: &[u8]) -> Result<NetConfList, CniError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            CniError::new(
+                ErrorCode::DecodingFailure,
+                format!("failed to decode the network configuration list: {e}"),
+            )
+        })?;
+        let Value::Object(mut map) = value else {
+            return Err(CniError::new(
+                ErrorCode::DecodingFailure,
+                "failed to decode the network configuration list: expected a JSON object",
+            ));
+        };
+        let cni_version = required_string(&mut map, "cniVersion")?;
+        if !is_supported_version(&cni_version) {
+            return Err(incompatible_version(&cni_version));
+        }
+        let name = required_string(&mut map, "name")?;
+        let plugins = take_field::<Vec<Map<String, Value>>>(&mut map, "plugins")?
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| invalid_config("field \"plugins\" must list at least one plugin"))?;
+        let plugins = plugins
+            .into_iter()
+            .map(|mut p| {
+                p.insert("cniVersion".into(), Value::String(cni_version.clone()));
+                p.insert("name".into(), Value::String(name.clone()));
+                NetConf::parse(&serde_json::to_vec(&Value::Object(p)).unwrap_or_default())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NetConfList {
+            cni_version,
+            name,
+            plugins,
+        })
+    }
+}
+
 /// runtimeConfig: keys are matched WITHOUT regard to case, at every level (containerd sends
 /// `"portMappings":[{"HostPort":80,"ContainerPort":8080,"Protocol":"tcp","HostIP":""}]`, podman
 /// sends `"portMappings":[{"hostPort":80,"containerPort":8080,"protocol":"tcp"}]`). Unknown
