@@ -48,7 +48,7 @@ enum Expect {
 }
 
 #[derive(Clone, Debug)]
-enum From {
+pub enum From {
     Pod(&'static str),
     Host,
     Outside,
@@ -91,6 +91,48 @@ struct TestResult {
     actions: Vec<ActionResult>,
 }
 
+/// What the scenarios address: the test workloads and the nodes, wherever they run.
+#[derive(Debug, Clone)]
+pub struct Workloads {
+    pub echo_same: String,
+    pub echo_other: Option<String>,
+    pub client: String,
+    pub client2: String,
+    /// Node addresses (the first is the clients' node).
+    pub node_ips: Vec<String>,
+    /// An address of the first node that the outside reaches (NodePort from outside).
+    pub external_ip: String,
+}
+
+/// Where the connectivity test runs: the workload/runner layer. The scenarios, their
+/// expectations and the report are the same everywhere; a platform deploys the
+/// workloads, runs probes from a pod, a node or the outside, applies policies, says
+/// when the agents have them, and reads the agents' drop counters.
+///
+/// [`Env`] is the local cluster (namespaces, `cilium local`, the local store). A
+/// Kubernetes platform implements the same on a cluster: Deployments and Services
+/// through the API, probes through the pods' exec subresource, policies as
+/// CiliumNetworkPolicy objects, settling by each agent's policy revision, drops from
+/// each agent's metrics.
+pub trait Platform: Sync {
+    fn describe(&self) -> String;
+    fn workloads(&self) -> &Workloads;
+    /// An HTTP GET from `from` to `target` (addr:port): (got a 200, detail).
+    fn http(&self, from: &From, target: &str, timeout: Duration) -> Result<(bool, String)>;
+    /// One ping from a pod: (answered, detail).
+    fn ping(&self, from: &From, ip: &str) -> Result<(bool, String)>;
+    fn apply(&self, yaml: &str) -> Result<()>;
+    fn delete(&self, yaml: &str) -> Result<()>;
+    /// Waits until every agent enforces what was applied.
+    fn settle(&self) -> impl std::future::Future<Output = Result<()>> + Send;
+    /// Drop counters by (node, reason, direction).
+    fn drop_counters(&self) -> std::collections::BTreeMap<(String, u8, u8), u64>;
+    /// Why tests failed, for the report (drops by reason per node).
+    fn explain(&self) -> Vec<String>;
+    fn cleanup(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// The local cluster as a connectivity test platform.
 pub struct Env {
     pub cluster: Cluster,
     pub echo_same: String,
@@ -98,6 +140,106 @@ pub struct Env {
     pub client: String,
     pub client2: String,
     exe: String,
+    workloads: Workloads,
+}
+
+impl Platform for Env {
+    fn describe(&self) -> String {
+        format!("local cluster {:?}", self.cluster.name)
+    }
+
+    fn workloads(&self) -> &Workloads {
+        &self.workloads
+    }
+
+    fn http(&self, from: &From, target: &str, timeout: Duration) -> Result<(bool, String)> {
+        match from {
+            From::Pod(p) => {
+                let cmd: Vec<String> = vec![
+                    self.exe.clone(),
+                    "probe".into(),
+                    "tcp".into(),
+                    target.to_string(),
+                    "--send".into(),
+                    HTTP_GET.into(),
+                    "--timeout".into(),
+                    format!("{}ms", timeout.as_millis()),
+                ];
+                local::exec_capture(&self.cluster, p, &cmd)
+                    .map(|o| verdict(&String::from_utf8_lossy(&o.stdout)))
+            }
+            From::Host | From::Outside => {
+                let ns = match from {
+                    From::Host => self.cluster.nodes[0].netns.clone(),
+                    _ => PathBuf::from(format!(
+                        "/var/run/netns/cilium-{}.outside",
+                        self.cluster.name
+                    )),
+                };
+                netns::in_netns(&ns, || super::probe::tcp(target, Some(HTTP_GET), timeout))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r)
+                    .map(|r| verdict(&serde_json::to_string(&r).unwrap_or_default()))
+            }
+        }
+    }
+
+    fn ping(&self, from: &From, ip: &str) -> Result<(bool, String)> {
+        let From::Pod(p) = from else {
+            bail!("ping only from pods");
+        };
+        let cmd: Vec<String> = ["ping", "-c", "1", "-W", "1", ip]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        local::exec_capture(&self.cluster, p, &cmd).map(|o| {
+            let ok = o.status.success();
+            (ok, if ok { "reply" } else { "no reply" }.into())
+        })
+    }
+
+    fn apply(&self, yaml: &str) -> Result<()> {
+        self.cluster.store()?.apply(yaml)?;
+        Ok(())
+    }
+
+    fn delete(&self, yaml: &str) -> Result<()> {
+        self.cluster.store()?.delete(yaml)?;
+        Ok(())
+    }
+
+    async fn settle(&self) -> Result<()> {
+        settle(self).await
+    }
+
+    fn drop_counters(&self) -> std::collections::BTreeMap<(String, u8, u8), u64> {
+        let mut m = std::collections::BTreeMap::new();
+        for n in &self.cluster.nodes {
+            for (k, v) in crate::datapath::loader::read_metrics(&n.bpf_root).unwrap_or_default() {
+                if k.reason != 0 {
+                    m.insert((n.name.clone(), k.reason, k.dir), v.packets);
+                }
+            }
+        }
+        m
+    }
+
+    fn explain(&self) -> Vec<String> {
+        self.drop_counters()
+            .into_iter()
+            .map(|((node, reason, dir), packets)| {
+                format!(
+                    "{node} {reason:>4} {:<28} {:<8} {packets}",
+                    crate::datapath::maps::reason_name(reason),
+                    crate::datapath::maps::direction_name(dir),
+                )
+            })
+            .collect()
+    }
+
+    async fn cleanup(&self) {
+        cleanup(self).await
+    }
 }
 
 fn http(target: String) -> Kind {
@@ -117,23 +259,20 @@ fn cnp(name: &str, spec: &str) -> String {
     format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n{spec}")
 }
 
-fn scenarios(env: &Env) -> Vec<Scenario> {
+fn scenarios(w: &Workloads) -> Vec<Scenario> {
     use Expect::*;
-    let same = format!("{}:{ECHO_PORT}", env.echo_same);
-    let other = env.echo_other.clone().map(|ip| format!("{ip}:{ECHO_PORT}"));
+    let same = format!("{}:{ECHO_PORT}", w.echo_same);
+    let other = w.echo_other.clone().map(|ip| format!("{ip}:{ECHO_PORT}"));
     let svc_same = format!("{SVC_SAME}:{ECHO_PORT}");
     let svc_other = format!("{SVC_OTHER}:{ECHO_PORT}");
     let world = format!("{OUTSIDE}:{ECHO_PORT}");
     let cidr = format!("{OUTSIDE_CIDR}:{ECHO_PORT}");
-    let node_ip = |i: usize| {
-        env.cluster
-            .nodes
-            .get(i)
-            .and_then(|n| n.node_ip)
-            .map(|ip| ip.to_string())
-    };
-    let host1 = node_ip(0).unwrap_or_default();
-    let host2 = node_ip(1).filter(|_| env.echo_other.is_some());
+    let host1 = w.node_ips.first().cloned().unwrap_or_default();
+    let host2 = w
+        .node_ips
+        .get(1)
+        .cloned()
+        .filter(|_| w.echo_other.is_some());
     let c = From::Pod("ct-client");
     let c2 = From::Pod("ct-client2");
     let echo = From::Pod("ct-echo-same");
@@ -151,7 +290,7 @@ fn scenarios(env: &Env) -> Vec<Scenario> {
             needs_two_nodes: false,
             actions: vec![
                 act("pod-to-pod (same node)", c.clone(), http(same.clone()), Success),
-                act("client-to-client ping", c.clone(), ping(&env.client2), Success),
+                act("client-to-client ping", c.clone(), ping(&w.client2), Success),
                 act("pod-to-service", c.clone(), http(svc_same.clone()), Success),
                 act("pod-to-hostport", c.clone(), http(format!("{host1}:{HOSTPORT}")), Success),
                 act("pod-to-host", c.clone(), ping(&host1), Success),
@@ -180,8 +319,8 @@ fn scenarios(env: &Env) -> Vec<Scenario> {
             policy: None,
             needs_two_nodes: false,
             actions: [
-                Some(act("outside-to-nodeport", From::Outside, http(format!("203.0.113.1:{NODEPORT}")), Success)),
-                other.as_ref().map(|_| act("outside-to-nodeport (backend on other node)", From::Outside, http(format!("203.0.113.1:{NODEPORT_OTHER}")), Success)),
+                Some(act("outside-to-nodeport", From::Outside, http(format!("{}:{NODEPORT}", w.external_ip)), Success)),
+                other.as_ref().map(|_| act("outside-to-nodeport (backend on other node)", From::Outside, http(format!("{}:{NODEPORT_OTHER}", w.external_ip)), Success)),
                 Some(act("pod-to-local-nodeport", c.clone(), http(format!("{host1}:{NODEPORT}")), Success)),
                 host2.as_ref().map(|h| act("pod-to-remote-nodeport", c.clone(), http(format!("{h}:{NODEPORT}")), Success)),
             ]
@@ -216,8 +355,8 @@ fn scenarios(env: &Env) -> Vec<Scenario> {
             )),
             needs_two_nodes: false,
             actions: vec![
-                act("client2 to client allowed", c2.clone(), ping(&env.client), Success),
-                act("echo to client denied", echo.clone(), ping(&env.client), Drop),
+                act("client2 to client allowed", c2.clone(), ping(&w.client), Success),
+                act("echo to client denied", echo.clone(), ping(&w.client), Drop),
             ],
         },
         Scenario {
@@ -490,6 +629,19 @@ pub async fn deploy(opts: &Options) -> Result<Env> {
         }));
         let _ = axum::serve(listener, app).await;
     });
+    let workloads = Workloads {
+        echo_same: echo_same.clone(),
+        echo_other: echo_other.clone(),
+        client: client.clone(),
+        client2: client2.clone(),
+        node_ips: cluster
+            .nodes
+            .iter()
+            .filter_map(|n| n.node_ip.map(|ip| ip.to_string()))
+            .collect(),
+        // The first node's address towards the outside namespace (local.rs wires it).
+        external_ip: "203.0.113.1".into(),
+    };
     let env = Env {
         cluster,
         echo_same,
@@ -497,6 +649,7 @@ pub async fn deploy(opts: &Options) -> Result<Env> {
         client,
         client2,
         exe,
+        workloads,
     };
     // Ready: every agent has applied the services (HostPorts alone already make its
     // service count non-zero), and every echo answers its own node (which policy never
@@ -545,57 +698,14 @@ fn service_yaml(name: &str, ip: &str, backend: &str, node_port: Option<u16>) -> 
     )
 }
 
-fn run_action(env: &Env, a: &Action, opts: &Options) -> ActionResult {
+fn run_action<P: Platform>(p: &P, a: &Action, opts: &Options) -> ActionResult {
     let timeout = match a.expect {
         Expect::Success => opts.connect_timeout + opts.request_timeout,
         Expect::Drop => opts.connect_timeout,
     };
-    let outcome: Result<(bool, String)> = match (&a.from, &a.kind) {
-        (From::Pod(p), Kind::Http(t)) => {
-            let cmd: Vec<String> = vec![
-                env.exe.clone(),
-                "probe".into(),
-                "tcp".into(),
-                t.clone(),
-                "--send".into(),
-                HTTP_GET.into(),
-                "--timeout".into(),
-                format!("{}ms", timeout.as_millis()),
-            ];
-            local::exec_capture(&env.cluster, p, &cmd)
-                .map(|o| verdict(&String::from_utf8_lossy(&o.stdout)))
-        }
-        (From::Pod(p), Kind::Ping(ip)) => {
-            let cmd: Vec<String> = ["ping", "-c", "1", "-W", "1", ip]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            local::exec_capture(&env.cluster, p, &cmd).map(|o| {
-                (
-                    o.status.success(),
-                    if o.status.success() {
-                        "reply".into()
-                    } else {
-                        "no reply".into()
-                    },
-                )
-            })
-        }
-        (from, Kind::Http(t)) => {
-            let ns = match from {
-                From::Host => env.cluster.nodes[0].netns.clone(),
-                _ => PathBuf::from(format!(
-                    "/var/run/netns/cilium-{}.outside",
-                    env.cluster.name
-                )),
-            };
-            let t = t.clone();
-            netns::in_netns(&ns, || super::probe::tcp(&t, Some(HTTP_GET), timeout))
-                .map_err(anyhow::Error::from)
-                .and_then(|r| r)
-                .map(|r| verdict(&serde_json::to_string(&r).unwrap_or_default()))
-        }
-        (_, Kind::Ping(_)) => Ok((false, "ping only from pods".into())),
+    let outcome = match &a.kind {
+        Kind::Http(t) => p.http(&a.from, t, timeout),
+        Kind::Ping(ip) => p.ping(&a.from, ip),
     };
     let (success, detail) = outcome.unwrap_or_else(|e| (false, format!("{e:#}")));
     let ok = match a.expect {
@@ -659,13 +769,22 @@ pub async fn run(opts: Options) -> Result<i32> {
         );
     }
     let env = deploy(&opts).await?;
-    let store = env.cluster.store()?;
+    run_on(&env, &opts, &filters, &excludes).await
+}
+
+/// Runs the selected scenarios on a platform whose workloads are deployed, and reports.
+pub async fn run_on<P: Platform>(
+    env: &P,
+    opts: &Options,
+    filters: &[regex::Regex],
+    excludes: &[regex::Regex],
+) -> Result<i32> {
     // Drop counters before the scenarios: only what this run adds counts.
-    let baseline = drop_counters(&env);
+    let baseline = env.drop_counters();
     let mut results = Vec::new();
-    for s in scenarios(&env) {
-        let skip = !selected(s.name, &filters, &excludes)
-            || (s.needs_two_nodes && env.echo_other.is_none());
+    for s in scenarios(env.workloads()) {
+        let skip = !selected(s.name, filters, excludes)
+            || (s.needs_two_nodes && env.workloads().echo_other.is_none());
         if skip {
             results.push(TestResult {
                 test: s.name.into(),
@@ -679,8 +798,8 @@ pub async fn run(opts: Options) -> Result<i32> {
             println!("[=] Test [{}]", s.name);
         }
         if let Some(p) = &s.policy {
-            store.apply(p)?;
-            settle(&env).await?;
+            env.apply(p)?;
+            env.settle().await?;
         }
         // Up to --test-concurrency actions at once (each blocks on a probe process or
         // a socket); results print in the scenario's order.
@@ -690,7 +809,7 @@ pub async fn run(opts: Options) -> Result<i32> {
                 std::thread::scope(|scope| {
                     let handles: Vec<_> = chunk
                         .iter()
-                        .map(|a| scope.spawn(|| run_action(&env, a, &opts)))
+                        .map(|a| scope.spawn(|| run_action(env, a, opts)))
                         .collect();
                     handles
                         .into_iter()
@@ -720,8 +839,8 @@ pub async fn run(opts: Options) -> Result<i32> {
             }
         }
         if let Some(p) = &s.policy {
-            store.delete(p)?;
-            settle(&env).await?;
+            env.delete(p)?;
+            env.settle().await?;
         }
         let passed = actions.iter().all(|a| a.ok);
         results.push(TestResult {
@@ -733,7 +852,7 @@ pub async fn run(opts: Options) -> Result<i32> {
     }
     // Final check: no drops other than the ones the scenarios caused on purpose.
     let mut unexpected = Vec::new();
-    for ((node, reason, dir), packets) in drop_counters(&env) {
+    for ((node, reason, dir), packets) in env.drop_counters() {
         let before = baseline
             .get(&(node.clone(), reason, dir))
             .copied()
@@ -772,7 +891,7 @@ pub async fn run(opts: Options) -> Result<i32> {
     });
 
     if !opts.keep {
-        cleanup(&env).await;
+        env.cleanup().await;
     }
     let run: Vec<&TestResult> = results.iter().filter(|r| !r.skipped).collect();
     let failed = run.iter().filter(|r| !r.passed).count();
@@ -804,35 +923,11 @@ pub async fn run(opts: Options) -> Result<i32> {
             println!("  ❌ {}", r.test);
         }
         println!("\nDrops by reason on each node (cilium bpf metrics list):");
-        for n in &env.cluster.nodes {
-            for (k, v) in crate::datapath::loader::read_metrics(&n.bpf_root).unwrap_or_default() {
-                if k.reason != 0 {
-                    println!(
-                        "  {} {:>4} {:<28} {:<8} {}",
-                        n.name,
-                        k.reason,
-                        crate::datapath::maps::reason_name(k.reason),
-                        crate::datapath::maps::direction_name(k.dir),
-                        v.packets
-                    );
-                }
-            }
+        for line in env.explain() {
+            println!("  {line}");
         }
     }
     Ok(if failed == 0 { 0 } else { 1 })
-}
-
-/// Drop counters of every node by (node, reason, direction).
-fn drop_counters(env: &Env) -> std::collections::BTreeMap<(String, u8, u8), u64> {
-    let mut m = std::collections::BTreeMap::new();
-    for n in &env.cluster.nodes {
-        for (k, v) in crate::datapath::loader::read_metrics(&n.bpf_root).unwrap_or_default() {
-            if k.reason != 0 {
-                m.insert((n.name.clone(), k.reason, k.dir), v.packets);
-            }
-        }
-    }
-    m
 }
 
 /// Waits until every agent applied the store's current revision.
@@ -910,6 +1005,111 @@ fn junit(results: &[TestResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// A platform with a datapath that lets everything through and drops nothing: the
+    /// runner layer alone, with no local cluster behind it.
+    struct OpenDatapath {
+        w: Workloads,
+        log: Mutex<Vec<String>>,
+        policies: Mutex<Vec<String>>,
+    }
+
+    impl Platform for OpenDatapath {
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+        fn workloads(&self) -> &Workloads {
+            &self.w
+        }
+        fn http(&self, _: &From, target: &str, _: Duration) -> Result<(bool, String)> {
+            self.log.lock().unwrap().push(format!("http {target}"));
+            Ok((true, "HTTP 200".into()))
+        }
+        fn ping(&self, _: &From, ip: &str) -> Result<(bool, String)> {
+            self.log.lock().unwrap().push(format!("ping {ip}"));
+            Ok((true, "reply".into()))
+        }
+        fn apply(&self, yaml: &str) -> Result<()> {
+            self.log.lock().unwrap().push("apply".into());
+            self.policies.lock().unwrap().push(yaml.into());
+            Ok(())
+        }
+        fn delete(&self, yaml: &str) -> Result<()> {
+            self.log.lock().unwrap().push("delete".into());
+            let mut p = self.policies.lock().unwrap();
+            let i = p
+                .iter()
+                .position(|x| x == yaml)
+                .expect("deletes what it applied");
+            p.remove(i);
+            Ok(())
+        }
+        async fn settle(&self) -> Result<()> {
+            self.log.lock().unwrap().push("settle".into());
+            Ok(())
+        }
+        fn drop_counters(&self) -> std::collections::BTreeMap<(String, u8, u8), u64> {
+            Default::default()
+        }
+        fn explain(&self) -> Vec<String> {
+            vec![]
+        }
+        async fn cleanup(&self) {}
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_runner_layer_fails_a_datapath_that_enforces_nothing() {
+        let p = OpenDatapath {
+            w: Workloads {
+                echo_same: "10.0.0.2".into(),
+                echo_other: Some("10.0.1.2".into()),
+                client: "10.0.0.3".into(),
+                client2: "10.0.0.4".into(),
+                node_ips: vec!["192.0.2.11".into(), "192.0.2.12".into()],
+                external_ip: "203.0.113.1".into(),
+            },
+            log: Mutex::new(vec![]),
+            policies: Mutex::new(vec![]),
+        };
+        let opts = Options {
+            cluster: "fake".into(),
+            tests: vec![],
+            single_node: false,
+            connect_timeout: Duration::from_millis(1),
+            request_timeout: Duration::from_millis(1),
+            json: true,
+            junit_file: None,
+            keep: false,
+            concurrency: 4,
+        };
+        let rc = run_on(&p, &opts, &[], &[]).await.unwrap();
+        assert_eq!(rc, 1, "expected drops did not happen: the suite fails");
+        assert!(
+            p.policies.lock().unwrap().is_empty(),
+            "every policy removed"
+        );
+        let log = p.log.lock().unwrap().clone();
+        // Each policy: applied and settled before its actions, removed and settled after.
+        let applies: Vec<usize> = (0..log.len()).filter(|i| log[*i] == "apply").collect();
+        assert_eq!(applies.len(), 14, "one policy per policy scenario: {log:?}");
+        for i in applies {
+            assert_eq!(log[i + 1], "settle");
+            assert!(log[i + 2].starts_with("http") || log[i + 2].starts_with("ping"));
+        }
+        assert!(
+            log.contains(&"http 10.0.1.2:8080".to_string()),
+            "cross-node actions run"
+        );
+        assert!(
+            log.contains(&"http 203.0.113.1:31001".to_string()),
+            "{log:?}"
+        );
+        assert!(
+            log.contains(&"ping 192.0.2.12".to_string()),
+            "pod-to-remote-host"
+        );
+    }
 
     #[test]
     fn test_filters_follow_cilium_cli() {
