@@ -137,9 +137,14 @@ async fn install_on_cluster(a: &InstallArgs, objects: Vec<Object>) -> Result<i32
     let ns = a.namespace.as_str();
     println!("Installing Cilium in namespace {ns} of the cluster at {url}");
     // Read-only checks first: nothing is written when Cilium is already there.
-    apply::ensure_not_installed(&client, ns).await?;
+    apply::ensure_not_installed(&client, ns)
+        .await
+        .map_err(|e| unreachable(e, &url))?;
     let mut plan = Vec::new();
-    if !apply::namespace_exists(&client, ns).await? {
+    if !apply::namespace_exists(&client, ns)
+        .await
+        .map_err(|e| unreachable(e, &url))?
+    {
         plan.push(apply::namespace_object(ns));
     }
     plan.extend(objects);
@@ -197,6 +202,14 @@ async fn install_on_cluster(a: &InstallArgs, objects: Vec<Object>) -> Result<i32
     wait_ready(&client, ns, operator, a.wait_duration).await?;
     println!("Cilium was successfully installed");
     Ok(0)
+}
+
+/// An error without an HTTP status (connection refused, TLS, DNS) names the server.
+fn unreachable(e: ApplyError, url: &str) -> anyhow::Error {
+    match e {
+        ApplyError::Api { status: None, .. } => anyhow!("{e} (API server {url})"),
+        e => e.into(),
+    }
 }
 
 /// Polls the status until it is OK, with a progress bar per component; on timeout, an
@@ -319,6 +332,8 @@ async fn uninstall(a: &UninstallArgs, objects: Vec<Object>) -> Result<i32> {
         match apply::delete(&client, o).await {
             Ok(Deleted::Deleted) => println!("  deleted {}", o.r),
             Ok(Deleted::NotFound) => println!("  {} was already gone", o.r),
+            // The server is not reachable: no point trying the others.
+            Err(e @ ApplyError::Api { status: None, .. }) => return Err(unreachable(e, &url)),
             Err(e) => {
                 eprintln!("  {e}");
                 failed.push(e.to_string());
@@ -387,7 +402,7 @@ pub async fn k8s_status(
     limit: Duration,
     json: bool,
 ) -> Result<i32> {
-    let (client, _) = cluster::connect(opts).await?;
+    let (client, url) = cluster::connect(opts).await?;
     let deadline = tokio::time::Instant::now() + limit;
     let spinner = if wait {
         let s = ProgressBar::new_spinner();
@@ -397,7 +412,9 @@ pub async fn k8s_status(
         None
     };
     let (st, timed_out) = loop {
-        let st = status::collect(&client, ns).await?;
+        let st = status::collect(&client, ns)
+            .await
+            .map_err(|e| anyhow!("{e} (API server {url})"))?;
         if !wait || st.ok() {
             break (st, false);
         }

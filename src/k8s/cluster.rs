@@ -19,27 +19,24 @@ pub struct ClusterOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("reading the kubeconfig {path}: {source}")]
+    #[error("reading the kubeconfig {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error("using the kubeconfig{}: {source}", context.as_ref().map(|c| format!(" (context {c:?})")).unwrap_or_default())]
+    #[error("using the kubeconfig{}", context.as_ref().map(|c| format!(" (context {c:?})")).unwrap_or_default())]
     Kubeconfig {
         context: Option<String>,
         #[source]
         source: kube::config::KubeconfigError,
     },
     #[error(
-        "no cluster found: no kubeconfig ($KUBECONFIG, ~/.kube/config) and not running in a pod \
-         ({source}); pass --kubeconfig FILE"
+        "no cluster found: no kubeconfig ($KUBECONFIG, ~/.kube/config) and not running in a \
+         pod; pass --kubeconfig FILE (or --dry-run to print the manifests)"
     )]
-    Infer {
-        #[source]
-        source: kube::config::InferConfigError,
-    },
-    #[error("building the Kubernetes client for {url}: {source}")]
+    NoCluster,
+    #[error("building the Kubernetes client for {url}")]
     Client {
         url: String,
         #[source]
@@ -53,30 +50,29 @@ pub async fn connect(opts: &ClusterOptions) -> Result<(Client, String), ClusterE
         context: opts.context.clone(),
         ..Default::default()
     };
-    let config =
-        match (&opts.kubeconfig, &opts.context) {
-            (Some(path), _) => {
-                let kc = Kubeconfig::read_from(path).map_err(|source| ClusterError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                Config::from_custom_kubeconfig(kc, &kopts)
-                    .await
-                    .map_err(|source| ClusterError::Kubeconfig {
-                        context: opts.context.clone(),
-                        source,
-                    })?
-            }
-            (None, Some(_)) => Config::from_kubeconfig(&kopts).await.map_err(|source| {
-                ClusterError::Kubeconfig {
-                    context: opts.context.clone(),
-                    source,
-                }
-            })?,
-            (None, None) => Config::infer()
+    let kubeconfig_err = |source| ClusterError::Kubeconfig {
+        context: opts.context.clone(),
+        source,
+    };
+    let config = match &opts.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|source| ClusterError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            Config::from_custom_kubeconfig(kc, &kopts)
                 .await
-                .map_err(|source| ClusterError::Infer { source })?,
-        };
+                .map_err(kubeconfig_err)?
+        }
+        // A context names a kubeconfig's; without one, a kubeconfig if there is one
+        // (its errors are the user's to see), else the pod's service account.
+        None if opts.context.is_some() || default_kubeconfig_exists() => {
+            Config::from_kubeconfig(&kopts)
+                .await
+                .map_err(kubeconfig_err)?
+        }
+        None => Config::incluster().map_err(|_| ClusterError::NoCluster)?,
+    };
     let url = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(|source| ClusterError::Client {
         url: url.clone(),
