@@ -596,9 +596,19 @@ fn bad_values_are_clear_errors() {
     assert!(e.contains("does-not-exist.yaml"), "{e}");
     let e = fails(&["install", "--dry-run", "-n", "Kube_System"]);
     assert!(e.contains("namespace"), "{e}");
-    let e = fails(&["install"]);
+    // No cluster to apply to: say how to name one, or to print the manifests instead.
+    let out = Command::new(BIN)
+        .arg("install")
+        .env("HOME", testdata("no-such-home"))
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the cilium binary");
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
     assert!(
-        e.contains("--dry-run") && e.contains("Kubernetes client"),
+        e.contains("no cluster found") && e.contains("--kubeconfig") && e.contains("--dry-run"),
         "{e}"
     );
 }

@@ -54,10 +54,23 @@ enum Cmd {
     },
     /// Run the node agent (DaemonSet entrypoint), or install its CNI plugin on the node
     Agent(AgentArgs),
-    /// Show the agent's status
+    /// Show Cilium's status: of a cluster (--kubeconfig/--context/-n/--wait, or a kubeconfig
+    /// found while no local agent is), or of a local agent (-H, the default socket, the
+    /// only local cluster)
     Status {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
+        #[command(flatten)]
+        kube: install::KubeArgs,
+        /// Namespace Cilium runs in (cluster status)
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Wait until Cilium is ready (cluster status)
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        wait_duration: Duration,
     },
     /// Inspect endpoints
     #[command(subcommand)]
@@ -118,8 +131,12 @@ enum Cmd {
     /// A local cluster of network namespaces on this host, with the real agent and datapath
     #[command(subcommand)]
     Local(LocalCmd),
-    /// Install Cilium in a Kubernetes cluster (for now: --dry-run renders the manifests)
+    /// Install Cilium in a Kubernetes cluster (server-side apply, then wait until ready;
+    /// --dry-run prints the manifests instead)
     Install(install::InstallArgs),
+    /// Remove what `cilium install` created from a Kubernetes cluster (CRDs are kept
+    /// unless --delete-crds)
+    Uninstall(install::UninstallArgs),
     /// The container image of this binary
     #[command(subcommand)]
     Image(install::ImageCmd),
@@ -513,6 +530,32 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
     match cli.cmd {
         Cmd::Version { output } => version(output),
         Cmd::Install(a) => install::run_install(a),
+        Cmd::Uninstall(a) => install::run_uninstall(a),
+        Cmd::Status {
+            output,
+            kube,
+            namespace,
+            wait,
+            wait_duration,
+        } if status_on_cluster(
+            cli.host.is_some(),
+            kube.given() || namespace.is_some() || wait,
+        )? =>
+        {
+            let json = match output {
+                Output::Json => true,
+                Output::Table => false,
+                Output::Yaml => bail!("cluster status prints text or -o json"),
+            };
+            let ns = namespace.unwrap_or_else(|| "kube-system".into());
+            runtime()?.block_on(install::k8s_status(
+                &kube.options(),
+                &ns,
+                wait,
+                wait_duration,
+                json,
+            ))
+        }
         Cmd::Image(c) => install::run_image(c),
         Cmd::Agent(AgentArgs {
             cmd: Some(AgentCmd::InstallCni(a)),
@@ -572,8 +615,13 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
             runtime()?.block_on(agent::run(cfg))?;
             Ok(0)
         }
-        Cmd::Status { output } => {
-            let client = Client::new(resolve_socket(cli.host)?);
+        Cmd::Status { output, .. } => {
+            let socket = resolve_socket(cli.host).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e:#}; for a Kubernetes cluster's status pass --kubeconfig FILE or --context NAME"
+                )
+            })?;
+            let client = Client::new(socket);
             let st = runtime()?.block_on(client.status())?;
             render(output, &st, || {
                 format!(
@@ -1276,6 +1324,27 @@ fn run_local(cmd: LocalCmd) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Whether `cilium status` asks the cluster (true) or a local agent (false): -H means
+/// the agent; a cluster flag (--kubeconfig, --context, -n, --wait) means the cluster;
+/// else the agent when its default socket exists or exactly one local cluster is up,
+/// else the cluster when a kubeconfig is found.
+fn status_on_cluster(host: bool, cluster_flags: bool) -> Result<bool> {
+    match (host, cluster_flags) {
+        (true, true) => bail!(
+            "-H asks a local agent, --kubeconfig/--context/-n/--wait ask a cluster: pass one or the other"
+        ),
+        (true, false) => return Ok(false),
+        (false, true) => return Ok(true),
+        (false, false) => {}
+    }
+    if PathBuf::from(crate::cni::spec::DEFAULT_AGENT_SOCKET).exists()
+        || local::Cluster::list().len() == 1
+    {
+        return Ok(false);
+    }
+    Ok(crate::k8s::cluster::default_kubeconfig_exists())
 }
 
 /// The agent socket: -H, else the default path, else the only local cluster's first node.

@@ -1,4 +1,7 @@
 //! Kubernetes resource types and API permissions shared by the agent, the operator and
-//! `cilium install`.
+//! `cilium install`; the client side of `cilium install/uninstall/status` on a cluster.
+pub mod apply;
+pub mod cluster;
 pub mod crds;
 pub mod rbac;
+pub mod status;
