@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod install;
 pub mod k8s;
 pub mod lb;
+pub mod operator;
 pub mod policy;
 
 /// Version string shown by `cilium version` and the agent.
