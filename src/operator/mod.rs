@@ -4,3 +4,5 @@
 //! only the holder of the Lease runs the controllers, and it stops them the moment it
 //! loses the Lease.
 pub mod alloc;
+pub mod health;
+pub mod leader;
