@@ -4,5 +4,7 @@
 //! only the holder of the Lease runs the controllers, and it stops them the moment it
 //! loses the Lease.
 pub mod alloc;
+pub mod gc;
 pub mod health;
+pub mod ipam;
 pub mod leader;
