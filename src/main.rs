@@ -11,13 +11,7 @@ fn main() {
     let code = match argv0.as_str() {
         "cilium-cni" => cilium::cni::main(),
         "cilium-agent" => cilium::cmd::main_with_prefix(&["agent"]),
-        "cilium-operator" => {
-            eprintln!(
-                "cilium-operator: the operator comes with Kubernetes mode, which this build does not have yet; \
-                 use `cilium local up` for a local cluster"
-            );
-            2
-        }
+        "cilium-operator" => cilium::cmd::main_with_prefix(&["operator"]),
         _ => cilium::cmd::main_with_prefix(&[]),
     };
     std::process::exit(code);

@@ -54,6 +54,8 @@ enum Cmd {
     },
     /// Run the node agent (DaemonSet entrypoint), or install its CNI plugin on the node
     Agent(AgentArgs),
+    /// Run the operator (Deployment entrypoint): cluster-pool IPAM, identity and endpoint GC
+    Operator(crate::operator::OperatorArgs),
     /// Show Cilium's status: of a cluster (--kubeconfig/--context/-n/--wait, or a kubeconfig
     /// found while no local agent is), or of a local agent (-H, the default socket, the
     /// only local cluster)
@@ -613,6 +615,11 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
                 datapath::netns::enter(ns)?;
             }
             runtime()?.block_on(agent::run(cfg))?;
+            Ok(0)
+        }
+        Cmd::Operator(a) => {
+            init_logging(&cli.log_level, &cli.log_format);
+            runtime()?.block_on(crate::operator::run(a))?;
             Ok(0)
         }
         Cmd::Status { output, .. } => {
