@@ -10,6 +10,11 @@ pub mod health;
 pub mod ipam;
 pub mod leader;
 
+#[cfg(test)]
+mod fake_api;
+#[cfg(test)]
+mod tests;
+
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 

@@ -1,0 +1,411 @@
+//! A Kubernetes API double for the controller tests: an HTTP server on 127.0.0.1 that
+//! keeps objects in memory with the API server's rules that matter here (resourceVersion
+//! on every write, 409 on a stale update / patch / delete precondition, 404, 201 on
+//! create, the status subresource splitting spec and status writes), records every
+//! request (method, path, body, and the RBAC verb/group/resource it needs), and can be
+//! told to fail the next matching request.
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    Router,
+};
+use serde_json::{json, Value};
+
+/// One request as the double saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body: Value,
+    /// RBAC verb: get, list, watch, create, update, patch, delete, deletecollection.
+    pub verb: String,
+    pub group: String,
+    /// `resource` or `resource/subresource`, as RBAC names it.
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+type Key = (String, String, Option<String>, String); // group, resource, namespace, name
+
+#[derive(Default)]
+struct Inner {
+    objects: BTreeMap<Key, Value>,
+    rv: u64,
+    requests: Vec<Recorded>,
+    /// (method, path, code, reason): the next matching request fails once.
+    failures: Vec<(String, String, u16, String)>,
+}
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Inner>>);
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct FakeApi {
+    pub url: String,
+    shared: Shared,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+struct Parsed {
+    group: String,
+    version: String,
+    namespace: Option<String>,
+    resource: String,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Parsed> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match *segs.first()? {
+        "api" => (String::new(), segs.get(1)?.to_string(), &segs[2..]),
+        "apis" => (
+            segs.get(1)?.to_string(),
+            segs.get(2)?.to_string(),
+            &segs[3..],
+        ),
+        _ => return None,
+    };
+    let (namespace, rest) = if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+        (Some(rest[1].to_string()), &rest[2..])
+    } else {
+        (None, rest)
+    };
+    Some(Parsed {
+        group,
+        version,
+        namespace,
+        resource: rest.first()?.to_string(),
+        name: rest.get(1).map(|s| s.to_string()),
+        sub: rest.get(2).map(|s| s.to_string()),
+    })
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        axum::Json(json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "reason": reason, "code": code,
+        })),
+    )
+        .into_response()
+}
+
+fn ok(code: StatusCode, v: &Value) -> Response {
+    (code, axum::Json(v.clone())).into_response()
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+fn rv_of(v: &Value) -> Option<String> {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes) -> Response {
+    let path = uri.path().to_string();
+    let query = uri.query().unwrap_or("").to_string();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(p) = parse_path(&path) else {
+        return status(404, "NotFound", "no such path");
+    };
+    let verb = match (&method, &p.name) {
+        (&Method::GET, Some(_)) => "get",
+        (&Method::GET, None) if query.contains("watch=true") => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, Some(_)) => "delete",
+        (&Method::DELETE, None) => "deletecollection",
+        _ => "unknown",
+    };
+    let resource = match &p.sub {
+        Some(s) => format!("{}/{s}", p.resource),
+        None => p.resource.clone(),
+    };
+    let mut st = sh.lock();
+    st.requests.push(Recorded {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        body: body.clone(),
+        verb: verb.into(),
+        group: p.group.clone(),
+        resource,
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+    });
+    if let Some(i) = st
+        .failures
+        .iter()
+        .position(|(m, pth, _, _)| *m == method.as_str() && path.ends_with(pth.as_str()))
+    {
+        let (_, _, code, reason) = st.failures.remove(i);
+        return status(code, &reason, "injected failure");
+    }
+    let api_version = if p.group.is_empty() {
+        p.version.clone()
+    } else {
+        format!("{}/{}", p.group, p.version)
+    };
+    let key = |name: &str| -> Key {
+        (
+            p.group.clone(),
+            p.resource.clone(),
+            p.namespace.clone(),
+            name.to_string(),
+        )
+    };
+    match (method, p.name.clone()) {
+        (Method::GET, None) => {
+            let items: Vec<Value> = st
+                .objects
+                .iter()
+                .filter(|((g, r, ns, _), _)| {
+                    *g == p.group
+                        && *r == p.resource
+                        && (p.namespace.is_none() || *ns == p.namespace)
+                })
+                .map(|(_, v)| v.clone())
+                .collect();
+            let kind = items
+                .first()
+                .and_then(|i| i["kind"].as_str())
+                .map(|k| format!("{k}List"))
+                .unwrap_or_else(|| "List".into());
+            let rv = st.rv.to_string();
+            ok(
+                StatusCode::OK,
+                &json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": rv}, "items": items}),
+            )
+        }
+        (Method::GET, Some(name)) => match st.objects.get(&key(&name)) {
+            Some(v) => ok(StatusCode::OK, v),
+            None => status(
+                404,
+                "NotFound",
+                &format!("{} {name:?} not found", p.resource),
+            ),
+        },
+        (Method::POST, _) => {
+            let Some(name) = body
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+            else {
+                return status(422, "Invalid", "metadata.name is required");
+            };
+            if st.objects.contains_key(&key(&name)) {
+                return status(409, "AlreadyExists", &format!("{name:?} already exists"));
+            }
+            st.rv += 1;
+            let mut obj = body.clone();
+            let rv = st.rv;
+            merge(
+                &mut obj,
+                &json!({"metadata": {
+                    "resourceVersion": rv.to_string(),
+                    "uid": format!("uid-{rv}"),
+                    "creationTimestamp": "2026-01-01T00:00:00Z",
+                    "namespace": p.namespace,
+                }}),
+            );
+            st.objects.insert(key(&name), obj.clone());
+            ok(StatusCode::CREATED, &obj)
+        }
+        (m @ (Method::PUT | Method::PATCH), Some(name)) => {
+            let Some(current) = st.objects.get(&key(&name)).cloned() else {
+                return status(404, "NotFound", &format!("{name:?} not found"));
+            };
+            if let Some(want) = rv_of(&body) {
+                if Some(&want) != rv_of(&current).as_ref() {
+                    return status(
+                        409,
+                        "Conflict",
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    );
+                }
+            }
+            let is_status = p.sub.as_deref() == Some("status");
+            let mut next = current.clone();
+            if m == Method::PUT {
+                if is_status {
+                    next["status"] = body.get("status").cloned().unwrap_or(Value::Null);
+                } else {
+                    next = body.clone();
+                    if let Some(s) = current.get("status") {
+                        next["status"] = s.clone();
+                    }
+                    next["metadata"]["uid"] = current["metadata"]["uid"].clone();
+                    next["metadata"]["creationTimestamp"] =
+                        current["metadata"]["creationTimestamp"].clone();
+                }
+            } else {
+                let mut patch = body.clone();
+                if let Value::Object(m) = &mut patch {
+                    if is_status {
+                        m.retain(|k, _| k == "status" || k == "metadata");
+                    } else {
+                        m.remove("status");
+                    }
+                }
+                merge(&mut next, &patch);
+            }
+            st.rv += 1;
+            next["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+            st.objects.insert(key(&name), next.clone());
+            ok(StatusCode::OK, &next)
+        }
+        (Method::DELETE, Some(name)) => {
+            let Some(current) = st.objects.get(&key(&name)).cloned() else {
+                return status(404, "NotFound", &format!("{name:?} not found"));
+            };
+            let pre = &body["preconditions"];
+            let uid_ok = pre["uid"]
+                .as_str()
+                .is_none_or(|u| Some(u) == current["metadata"]["uid"].as_str());
+            let rv_ok = pre["resourceVersion"]
+                .as_str()
+                .is_none_or(|r| Some(r) == current["metadata"]["resourceVersion"].as_str());
+            if !uid_ok || !rv_ok {
+                return status(409, "Conflict", "precondition failed");
+            }
+            st.objects.remove(&key(&name));
+            ok(StatusCode::OK, &current)
+        }
+        _ => status(405, "MethodNotAllowed", "not supported by the double"),
+    }
+}
+
+impl FakeApi {
+    pub async fn start() -> Self {
+        let shared = Shared::default();
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the API double");
+        let addr = listener.local_addr().expect("local addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url: format!("http://{addr}"),
+            shared,
+            _server: server,
+        }
+    }
+
+    /// A client for the double, default namespace `kube-system`.
+    pub fn client(&self) -> kube::Client {
+        let mut cfg = kube::Config::new(self.url.parse().expect("URL"));
+        cfg.default_namespace = "kube-system".into();
+        kube::Client::try_from(cfg).expect("client")
+    }
+
+    /// Stores an object directly (not recorded): group "" for core; fills
+    /// resourceVersion, uid and creationTimestamp unless given.
+    pub fn insert(&self, group: &str, resource: &str, obj: Value) {
+        let mut st = self.shared.lock();
+        st.rv += 1;
+        let rv = st.rv;
+        let mut obj = obj;
+        let meta = obj["metadata"].clone();
+        let name = meta["name"].as_str().expect("metadata.name").to_string();
+        let ns = meta["namespace"].as_str().map(str::to_string);
+        merge(
+            &mut obj,
+            &json!({"metadata": {"resourceVersion": rv.to_string()}}),
+        );
+        if meta["uid"].is_null() {
+            obj["metadata"]["uid"] = json!(format!("uid-{rv}"));
+        }
+        if meta["creationTimestamp"].is_null() {
+            obj["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        st.objects
+            .insert((group.into(), resource.into(), ns, name), obj);
+    }
+
+    /// Removes an object directly (not recorded).
+    pub fn remove(&self, group: &str, resource: &str, namespace: Option<&str>, name: &str) {
+        self.shared.lock().objects.remove(&(
+            group.into(),
+            resource.into(),
+            namespace.map(str::to_string),
+            name.into(),
+        ));
+    }
+
+    pub fn get(
+        &self,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
+        self.shared
+            .lock()
+            .objects
+            .get(&(
+                group.into(),
+                resource.into(),
+                namespace.map(str::to_string),
+                name.into(),
+            ))
+            .cloned()
+    }
+
+    /// The next `method` request whose path ends with `path_suffix` fails with `code`.
+    pub fn fail_next(&self, method: &str, path_suffix: &str, code: u16, reason: &str) {
+        self.shared
+            .lock()
+            .failures
+            .push((method.into(), path_suffix.into(), code, reason.into()));
+    }
+
+    /// Requests so far (and forgets them).
+    pub fn take(&self) -> Vec<Recorded> {
+        std::mem::take(&mut self.shared.lock().requests)
+    }
+
+    /// Every request so far, without forgetting them.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.lock().requests.clone()
+    }
+}
