@@ -91,7 +91,8 @@ pub enum ConfigError {
         value: String,
         detail: String,
     },
-    #[error("{source_of}: {source}")]
+    /// `source_of`: where the pools came from (the error chain carries the detail).
+    #[error("{source_of}")]
     Pool {
         source_of: String,
         #[source]
@@ -374,6 +375,17 @@ mod tests {
         assert!(c.cluster_pool.is_none());
     }
 
+    /// The error and its sources, as `cilium` prints them.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s += &format!(": {c}");
+            cur = c.source();
+        }
+        s
+    }
+
     #[test]
     fn bad_values_name_key_and_file() {
         let e = args(&[])
@@ -381,8 +393,9 @@ mod tests {
                 ("cluster-pool-ipv4-cidr", "10.0.0.0/8"),
                 ("cluster-pool-ipv4-mask-size", "abc"),
             ])))
-            .unwrap_err()
-            .to_string();
+            .map(|_| ())
+            .map_err(|e| chain(&e))
+            .unwrap_err();
         assert!(
             e.contains("cluster-pool-ipv4-mask-size")
                 && e.contains("/tmp/cilium/config-map/cluster-pool-ipv4-mask-size"),
@@ -393,29 +406,32 @@ mod tests {
                 ("cluster-pool-ipv4-cidr", "10.0.0.0/24"),
                 ("cluster-pool-ipv4-mask-size", "16"),
             ])))
-            .unwrap_err()
-            .to_string();
+            .map(|_| ())
+            .map_err(|e| chain(&e))
+            .unwrap_err();
         assert!(
             e.contains("mask-size 16") && e.contains("10.0.0.0/24"),
             "{e}"
         );
-        let e = args(&[]).resolve_with(None).unwrap_err().to_string();
+        let e = chain(&args(&[]).resolve_with(None).unwrap_err());
         assert!(e.contains("cluster-pool-ipv4-cidr is empty"), "{e}");
         let e = args(&[])
             .resolve_with(Some(&dir(&[
                 ("cluster-pool-ipv4-cidr", "10.0.0.0/8"),
                 ("identity-heartbeat-timeout", "soon"),
             ])))
-            .unwrap_err()
-            .to_string();
+            .map(|_| ())
+            .map_err(|e| chain(&e))
+            .unwrap_err();
         assert!(
             e.contains("identity-heartbeat-timeout") && e.contains("soon"),
             "{e}"
         );
         let e = args(&["--leader-election-renew-deadline=20s"])
             .resolve_with(Some(&dir(&[("cluster-pool-ipv4-cidr", "10.0.0.0/8")])))
-            .unwrap_err()
-            .to_string();
+            .map(|_| ())
+            .map_err(|e| chain(&e))
+            .unwrap_err();
         assert!(e.contains("renew deadline"), "{e}");
     }
 }
