@@ -45,6 +45,18 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             source,
         })?;
     let client = Client::try_default().await.map_err(OperatorError::Client)?;
+    run_with(cfg, client, health, shutdown_signal()).await;
+    Ok(())
+}
+
+/// The operator on `client` until `shutdown` completes; a leader gives the Lease up on
+/// the way out.
+pub async fn run_with(
+    cfg: OperatorConfig,
+    client: Client,
+    health: health::Health,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tracing::info!(
         health = %cfg.serve_addr,
         leader_elect = cfg.leader_elect,
@@ -69,7 +81,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     };
     tokio::select! {
         () = work => {}
-        () = shutdown_signal() => tracing::info!("shutting down"),
+        () = shutdown => tracing::info!("shutting down"),
     }
     if let Some(elector) = elector.as_mut() {
         if health.is_leader() {
@@ -80,7 +92,6 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             }
         }
     }
-    Ok(())
 }
 
 /// Leader election around `controllers`, forever: wait for the lease, run the

@@ -56,6 +56,18 @@ fn lease_path() -> String {
     format!("{LEASES}/{LEASE_NAME}")
 }
 
+/// Polls `cond` for up to 5 s (the machine may be busy: no fixed sleeps for positives).
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Every request the operator made is allowed by its ClusterRole.
 fn assert_rbac(reqs: &[Recorded]) {
     for r in reqs {
@@ -268,9 +280,9 @@ async fn only_the_leader_runs_controllers_and_losing_the_lease_stops_them() {
             "spec": {"leaseDurationSeconds": 1},
         }),
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_until("leading", || health.is_leader()).await;
+    wait_until("controllers started", || ticks.load(Ordering::SeqCst) > 0).await;
     assert_eq!(started.load(Ordering::SeqCst), 1);
-    assert!(health.is_leader());
     // Another replica takes it: the controllers stop.
     api.insert(
         "coordination.k8s.io",
@@ -281,8 +293,7 @@ async fn only_the_leader_runs_controllers_and_losing_the_lease_stops_them() {
             "spec": {"holderIdentity": "op-c", "leaseDurationSeconds": 600},
         }),
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(!health.is_leader());
+    wait_until("stepped down", || !health.is_leader()).await;
     let t1 = ticks.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(ticks.load(Ordering::SeqCst), t1, "controllers stopped");
@@ -713,6 +724,73 @@ async fn every_api_call_of_the_operator_is_allowed_by_its_rbac() {
         ],
         "the scenario exercised every kind of call"
     );
+}
+
+// ------------------------------------------------------------------ the whole operator
+
+/// `run_with` end to end on the double: it wins the election, the controllers hand the
+/// node a CIDR and collect garbage, and shutting down releases the Lease.
+#[tokio::test]
+async fn the_operator_leads_allocates_collects_and_releases_on_shutdown() {
+    let api = FakeApi::start().await;
+    api.insert(
+        "cilium.io",
+        "ciliumnodes",
+        node("a", "2026-01-01T00:00:00Z", &[]),
+    );
+    api.insert("cilium.io", "ciliumidentities", identity("4000"));
+    api.insert(
+        "cilium.io",
+        "ciliumendpoints",
+        cep("default", "gone", 4000, None),
+    );
+    let cfg = super::OperatorConfig {
+        leader_elect: true,
+        namespace: "kube-system".into(),
+        lease: fast(),
+        serve_addr: "127.0.0.1:0".parse().unwrap(),
+        cluster_pool: Some(pool(&["10.0.0.0/16"], 24)),
+        ipam_resync: Duration::from_millis(50),
+        identity_gc_interval: Some(Duration::from_millis(50)),
+        identity_heartbeat_timeout: Duration::from_millis(200),
+        cep_gc_interval: Some(Duration::from_millis(50)),
+    };
+    let health = Health::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let op = tokio::spawn(super::run_with(cfg, api.client(), health.clone(), async {
+        let _ = stopped.await;
+    }));
+    // The endpoint goes first (its pod is gone), then its identity, unused past 200 ms.
+    wait_until("CIDR allocated and garbage collected", || {
+        pod_cidrs(&api, "a") != Value::Null
+            && api
+                .get("cilium.io", "ciliumidentities", None, "4000")
+                .is_none()
+    })
+    .await;
+    assert!(health.is_leader());
+    assert_eq!(pod_cidrs(&api, "a"), json!(["10.0.0.0/24"]));
+    assert!(api
+        .get("cilium.io", "ciliumendpoints", Some("default"), "gone")
+        .is_none());
+    assert!(api
+        .get("cilium.io", "ciliumidentities", None, "4000")
+        .is_none());
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), op)
+        .await
+        .expect("the operator stops")
+        .expect("no panic");
+    let lease = api
+        .get(
+            "coordination.k8s.io",
+            "leases",
+            Some("kube-system"),
+            LEASE_NAME,
+        )
+        .expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], Value::Null, "released");
+    assert_rbac(&api.requests());
 }
 
 // ------------------------------------------------------------------ the Deployment
