@@ -358,6 +358,18 @@ fn nodeport_from_outside_spreads_with_maglev_and_keeps_the_client_address() {
         "Maglev spreads flows over both backends: {seen:?}"
     );
 
+    // b2 leaves the slice: the change reprograms just this service, Maglev table
+    // included, and new flows from outside all go to b1.
+    c.apply_ok(&slice("web", 8080, "TCP", &[&b1]));
+    for _ in 0..8 {
+        let r = in_ns(&outside, || {
+            cilium::cmd::probe::tcp("203.0.113.1:30080", None, std::time::Duration::from_secs(2))
+                .unwrap()
+        });
+        let resp = r.response.unwrap_or_default();
+        assert!(resp.starts_with("b1 "), "only b1 is left: {resp:?}");
+    }
+
     let before = c.metric(158, "INGRESS");
     let r = in_ns(&outside, || {
         cilium::cmd::probe::tcp(

@@ -19,7 +19,7 @@ use crate::{
             AddressType, EndpointPort, EndpointSlice, Protocol, Service, ServicePort, ServiceType,
             SliceEndpoint, TargetPort,
         },
-        state::{compute, BackendState, FrontendKind, LbState, NodeView, Scope},
+        state::{compute, BackendId, BackendState, FrontendKind, LbState, NodeView, Scope},
     },
 };
 
@@ -31,6 +31,8 @@ pub struct LbProgrammed {
     pub index: crate::lb::state::LbIndex,
     pub maps: LbMaps,
     pub maglev: BTreeMap<MaglevKey, u32>,
+    /// What each Maglev table was computed from, by rev-NAT id.
+    pub maglev_inputs: BTreeMap<u16, Vec<(BackendId, String)>>,
 }
 
 fn v4(ip: IpAddr) -> Option<u32> {
@@ -224,25 +226,8 @@ impl AgentState {
         let have = std::mem::take(&mut self.lb.maps);
         let mut writes = self.write_lb_diff(&want, &have)?;
         // Maglev tables of externally reachable frontends (NodePort, LoadBalancer, ExternalIP).
-        let want_maglev = self.maglev_entries(&state);
-        for (k, v) in &want_maglev {
-            if self.lb.maglev.get(k) != Some(v) {
-                self.datapath.maglev_put(*k, *v)?;
-                writes += 1;
-            }
-        }
-        let stale: Vec<MaglevKey> = self
-            .lb
-            .maglev
-            .keys()
-            .filter(|k| !want_maglev.contains_key(*k))
-            .copied()
-            .collect();
-        for k in &stale {
-            self.datapath.maglev_remove(k)?;
-            writes += 1;
-        }
-        self.lb.maglev = want_maglev;
+        let inputs = self.maglev_inputs(&state);
+        writes += self.sync_maglev(inputs, None)?;
         if writes > 0 {
             info!(
                 writes,
@@ -257,40 +242,89 @@ impl AgentState {
         Ok(writes)
     }
 
-    /// Maglev tables of the externally reachable frontends of `state` (with NodePort
-    /// devices: the only traffic that uses them).
-    fn maglev_entries(&self, state: &LbState) -> BTreeMap<MaglevKey, u32> {
-        let mut out = BTreeMap::new();
+    /// The Maglev inputs (selectable backends with their keys) of the externally
+    /// reachable frontends of `state` (with NodePort devices: the only traffic that
+    /// uses Maglev), by rev-NAT id.
+    fn maglev_inputs(&self, state: &LbState) -> BTreeMap<u16, Vec<(BackendId, String)>> {
         if self.config.devices.is_empty() {
-            return out;
+            return BTreeMap::new();
         }
-        let m = self.config.maglev_table_size as usize;
-        for svc in state
+        state
             .services
             .iter()
             .filter(|s| s.frontend.kind != FrontendKind::ClusterIP)
-        {
-            let backends = state.maglev_backends(svc);
-            if backends.is_empty() {
+            .map(|s| (s.id, state.maglev_backends(s)))
+            .filter(|(_, b)| !b.is_empty())
+            .collect()
+    }
+
+    /// Brings the Maglev tables to `want`: a table is computed and written only when its
+    /// frontend's backends changed (a table is thousands of slots). With `only`, just
+    /// those rev-NAT ids are considered (the others stay as they are).
+    fn sync_maglev(
+        &mut self,
+        want: BTreeMap<u16, Vec<(BackendId, String)>>,
+        only: Option<&std::collections::BTreeSet<u16>>,
+    ) -> Result<usize, AgentError> {
+        let m = self.config.maglev_table_size as usize;
+        let mut writes = 0;
+        let stale: Vec<u16> = self
+            .lb
+            .maglev_inputs
+            .keys()
+            .filter(|id| !want.contains_key(id) && only.is_none_or(|o| o.contains(id)))
+            .copied()
+            .collect();
+        for (id, backends) in want {
+            if self.lb.maglev_inputs.get(&id) == Some(&backends) {
                 continue;
             }
-            match crate::lb::maglev::table(&backends, m) {
-                Ok(t) => {
-                    for (i, b) in t.iter().enumerate() {
-                        out.insert(
-                            MaglevKey {
-                                rev_nat_index: svc.id,
-                                pad: 0,
-                                index: i as u32,
-                            },
-                            b.0,
-                        );
-                    }
+            let table = match crate::lb::maglev::table(&backends, m) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, rev_nat = id, "no Maglev table");
+                    continue;
                 }
-                Err(e) => tracing::warn!(error = %e, frontend = %svc.frontend, "no Maglev table"),
+            };
+            for (i, b) in table.iter().enumerate() {
+                let k = MaglevKey {
+                    rev_nat_index: id,
+                    pad: 0,
+                    index: i as u32,
+                };
+                if self.lb.maglev.get(&k) != Some(&b.0) {
+                    self.datapath.maglev_put(k, b.0)?;
+                    self.lb.maglev.insert(k, b.0);
+                    writes += 1;
+                }
             }
+            self.lb.maglev_inputs.insert(id, backends);
         }
-        out
+        for id in stale {
+            let keys: Vec<MaglevKey> = self
+                .lb
+                .maglev
+                .range(
+                    MaglevKey {
+                        rev_nat_index: id,
+                        pad: 0,
+                        index: 0,
+                    }..=MaglevKey {
+                        rev_nat_index: id,
+                        pad: u16::MAX,
+                        index: u32::MAX,
+                    },
+                )
+                .map(|(k, _)| *k)
+                .collect();
+            for k in keys {
+                self.datapath.maglev_remove(&k)?;
+                self.lb.maglev.remove(&k);
+                writes += 1;
+            }
+            self.lb.maglev_inputs.remove(&id);
+        }
+        Ok(writes)
     }
 
     /// Writes what `want` has and `have` lacks or differs in, then removes what only
@@ -398,20 +432,15 @@ impl AgentState {
         self.lb.maps.services.extend(want.services);
         self.lb.maps.revnat.extend(want.revnat);
         self.lb.maps.backends.extend(want.backends);
-        let old_mg = self.maglev_entries(&delta.removed);
-        let new_mg = self.maglev_entries(&delta.added);
-        for (k, v) in &new_mg {
-            if self.lb.maglev.get(k) != Some(v) {
-                self.datapath.maglev_put(*k, *v)?;
-                writes += 1;
-            }
-        }
-        for k in old_mg.keys().filter(|k| !new_mg.contains_key(*k)) {
-            self.datapath.maglev_remove(k)?;
-            self.lb.maglev.remove(k);
-            writes += 1;
-        }
-        self.lb.maglev.extend(new_mg);
+        let ids: std::collections::BTreeSet<u16> = delta
+            .removed
+            .services
+            .iter()
+            .chain(&delta.added.services)
+            .map(|s| s.id)
+            .collect();
+        let inputs = self.maglev_inputs(&delta.added);
+        writes += self.sync_maglev(inputs, Some(&ids))?;
         Ok(Some(writes))
     }
 }
