@@ -4,7 +4,8 @@
 //! identities, node addresses are remote-node), policy by identity holds across
 //! nodes, services reach remote backends, and the outside reaches a pod on the
 //! second node. In tunnel mode the packets on the underlay are VXLAN whose VNI is
-//! the sender's security identity. Geneve, absent from this kernel, fails clearly.
+//! the sender's security identity. When a node's record goes, the others forget its
+//! route, pods and address. Geneve, absent from this kernel, fails clearly.
 mod common;
 
 use std::{
@@ -317,6 +318,44 @@ fn two_nodes(name: &str, net: &str, routing: &str) {
         seen.trim(),
         "192.0.2.11",
         "the remote backend sees node1's address (SNAT)"
+    );
+
+    // node2 leaves (its CiliumNode record goes): node1 forgets its route, its pods
+    // and its address.
+    let store = cilium::agent::store::Store::open(&c.dir().join("store")).unwrap();
+    store.delete_node("node2").unwrap();
+    settle_all(&c);
+    let ipc: serde_json::Value = serde_json::from_str(&ok(&[
+        "bpf",
+        "ipcache",
+        "list",
+        "--bpf-root",
+        &c.bpf_root(),
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    for gone in [
+        format!("{web}/32"),
+        "192.0.2.12/32".to_string(),
+        format!("{net}.1.0/24"),
+    ] {
+        assert!(
+            !ipc.as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["prefix"] == gone.as_str()),
+            "{gone} left node1's ipcache: {ipc}"
+        );
+    }
+    let routes = Command::new("ip")
+        .args(["-n", &format!("cilium-{}.node1", c.name), "route", "show"])
+        .output()
+        .unwrap();
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(
+        !routes.contains(&format!("{net}.1.0/24")),
+        "node2's pod CIDR route is gone: {routes}"
     );
 }
 

@@ -331,6 +331,26 @@ impl Store {
         self.bump(&[&path])
     }
 
+    /// Removes a node and what it published (its CiliumNode object went away): the
+    /// other agents drop its routes, tunnel endpoints and ipcache entries.
+    pub fn delete_node(&self, name: &str) -> Result<(), StoreError> {
+        let node = self.dir.join("nodes").join(format!("{name}.json"));
+        let eps = self.dir.join("endpoints").join(format!("{name}.json"));
+        if !node.exists() {
+            return Err(StoreError::NotFound(format!(
+                "node {name} is not in the store"
+            )));
+        }
+        for p in [&node, &eps] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(p)(e)),
+            }
+        }
+        self.bump(&[&node, &eps])
+    }
+
     /// Publishes a node's endpoints for the other nodes.
     pub fn put_endpoints(&self, node: &str, eps: &[RemoteEndpoint]) -> Result<(), StoreError> {
         let bytes =
