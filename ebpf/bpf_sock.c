@@ -141,6 +141,129 @@ static __always_inline void sock4_rev_xlate(struct bpf_sock_addr *ctx)
 	}
 }
 
+/* IPv6: the same steps on the lb6 maps (no NodePort surrogate: nodes have no IPv6
+ * addresses in the ipcache yet). */
+static __always_inline struct lb4_service *lb6_lookup_service(struct lb6_key *key)
+{
+	struct lb4_service *svc;
+
+	key->backend_slot = 0;
+	key->scope = LB_SCOPE_EXT;
+	svc = bpf_map_lookup_elem(&cilium_lb6_services, key);
+	if (svc && (svc->flags & SVC_F_TWO_SCOPES)) {
+		key->scope = LB_SCOPE_INT;
+		svc = bpf_map_lookup_elem(&cilium_lb6_services, key);
+	}
+	return svc;
+}
+
+static __always_inline struct lb6_backend *lb6_pick(struct bpf_sock_addr *ctx, struct lb6_key *key,
+						  struct lb4_service *svc, __u32 *backend_id)
+{
+	struct lb_affinity_key akey = {};
+	struct lb_affinity_val *aff;
+	struct lb4_service *slot;
+	struct lb6_backend *be;
+	__u32 now = now_secs();
+
+	if (svc->flags & SVC_F_AFFINITY) {
+		akey.client_cookie = bpf_get_netns_cookie(ctx);
+		akey.rev_nat_id = svc->rev_nat_index;
+		aff = bpf_map_lookup_elem(&cilium_lb_affinity, &akey);
+		if (aff && aff->last_used + svc->backend_id >= now) {
+			be = bpf_map_lookup_elem(&cilium_lb6_backends, &aff->backend_id);
+			if (be && be->state == BE_STATE_ACTIVE) {
+				*backend_id = aff->backend_id;
+				aff->last_used = now;
+				return be;
+			}
+		}
+	}
+	key->backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	slot = bpf_map_lookup_elem(&cilium_lb6_services, key);
+	if (!slot)
+		return 0;
+	*backend_id = slot->backend_id;
+	be = bpf_map_lookup_elem(&cilium_lb6_backends, backend_id);
+	if (be && (svc->flags & SVC_F_AFFINITY)) {
+		struct lb_affinity_val v = { .backend_id = *backend_id, .last_used = now };
+		bpf_map_update_elem(&cilium_lb_affinity, &akey, &v, BPF_ANY);
+	}
+	return be;
+}
+
+static __always_inline int sock6_xlate(struct bpf_sock_addr *ctx, __u8 proto)
+{
+	struct lb6_key key = {};
+	struct lb4_service *svc;
+	struct lb6_backend *be;
+	__u32 backend_id = 0;
+	__be16 port = (__be16)ctx->user_port;
+
+	key.address[0] = ctx->user_ip6[0];
+	key.address[1] = ctx->user_ip6[1];
+	key.address[2] = ctx->user_ip6[2];
+	key.address[3] = ctx->user_ip6[3];
+	key.dport = port;
+	key.proto = proto;
+	svc = lb6_lookup_service(&key);
+	if (!svc)
+		return SYS_PROCEED;
+	if (svc->count == 0) {
+		update_metrics(DROP_NO_SERVICE, METRIC_EGRESS, 0);
+		bpf_set_retval(-ECONNREFUSED);
+		return SYS_REJECT;
+	}
+	be = lb6_pick(ctx, &key, svc, &backend_id);
+	if (!be) {
+		update_metrics(DROP_NO_SERVICE, METRIC_EGRESS, 0);
+		bpf_set_retval(-ECONNREFUSED);
+		return SYS_REJECT;
+	}
+	{
+		struct lb6_reverse_sk_key rk = {
+			.cookie = bpf_get_socket_cookie(ctx),
+			.port = be->port,
+		};
+		struct lb6_reverse_sk rv = {
+			.port = port,
+			.rev_nat_index = svc->rev_nat_index,
+		};
+
+		__builtin_memcpy(rk.address, be->address, 16);
+		__builtin_memcpy(rv.address, key.address, 16);
+		bpf_map_update_elem(&cilium_lb6_reverse_sk, &rk, &rv, BPF_ANY);
+	}
+	ctx->user_ip6[0] = be->address[0];
+	ctx->user_ip6[1] = be->address[1];
+	ctx->user_ip6[2] = be->address[2];
+	ctx->user_ip6[3] = be->address[3];
+	ctx->user_port = be->port;
+	return SYS_PROCEED;
+}
+
+static __always_inline void sock6_rev_xlate(struct bpf_sock_addr *ctx)
+{
+	struct lb6_reverse_sk_key rk = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.port = (__be16)ctx->user_port,
+	};
+	struct lb6_reverse_sk *rv;
+
+	rk.address[0] = ctx->user_ip6[0];
+	rk.address[1] = ctx->user_ip6[1];
+	rk.address[2] = ctx->user_ip6[2];
+	rk.address[3] = ctx->user_ip6[3];
+	rv = bpf_map_lookup_elem(&cilium_lb6_reverse_sk, &rk);
+	if (rv) {
+		ctx->user_ip6[0] = rv->address[0];
+		ctx->user_ip6[1] = rv->address[1];
+		ctx->user_ip6[2] = rv->address[2];
+		ctx->user_ip6[3] = rv->address[3];
+		ctx->user_port = rv->port;
+	}
+}
+
 static __always_inline __u8 sock_proto(struct bpf_sock_addr *ctx)
 {
 	return ctx->type == 2 /* SOCK_DGRAM */ ? IPPROTO_UDP : IPPROTO_TCP;
@@ -169,6 +292,32 @@ SEC("cgroup/getpeername4")
 int cil_sock4_getpeername(struct bpf_sock_addr *ctx)
 {
 	sock4_rev_xlate(ctx);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/connect6")
+int cil_sock6_connect(struct bpf_sock_addr *ctx)
+{
+	return sock6_xlate(ctx, sock_proto(ctx));
+}
+
+SEC("cgroup/sendmsg6")
+int cil_sock6_sendmsg(struct bpf_sock_addr *ctx)
+{
+	return sock6_xlate(ctx, IPPROTO_UDP);
+}
+
+SEC("cgroup/recvmsg6")
+int cil_sock6_recvmsg(struct bpf_sock_addr *ctx)
+{
+	sock6_rev_xlate(ctx);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername6")
+int cil_sock6_getpeername(struct bpf_sock_addr *ctx)
+{
+	sock6_rev_xlate(ctx);
 	return SYS_PROCEED;
 }
 

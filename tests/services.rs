@@ -1,7 +1,8 @@
 //! Privileged: socket-level service load balancing on a local cluster: ClusterIP
 //! TCP and UDP spread over backends, the service address seen by getpeername and
 //! recvmsg, session affinity, quick refusal without backends, and backend removal
-//! that spares existing connections.
+//! that spares existing connections; IPv6 ClusterIPs through the connect6/sendmsg6/
+//! recvmsg6/getpeername6 hooks.
 mod common;
 
 use std::{
@@ -387,5 +388,93 @@ fn nodeport_from_outside_spreads_with_maglev_and_keeps_the_client_address() {
     assert!(
         c.metric(158, "INGRESS") > before,
         "counted as 'Service backend not found'"
+    );
+}
+
+#[test]
+fn ipv6_clusterip_tcp_and_udp_over_the_socket_hooks() {
+    if !privileged() {
+        return;
+    }
+    // Pods have no IPv6 address yet (dual stack comes later): the backend is the pod's
+    // own loopback, which exercises exactly the socket-level translation.
+    let c = LocalCluster::up("t-svc-v6", "10.223.0.0/24");
+    c.pod("c6");
+    let l = in_ns(&c.pod_netns("c6"), || {
+        TcpListener::bind("[::1]:8080".parse::<SocketAddr>().unwrap()).unwrap()
+    });
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let _ = s.write_all(b"web6\n");
+        }
+    });
+    let u = in_ns(&c.pod_netns("c6"), || {
+        std::net::UdpSocket::bind("[::1]:5353".parse::<SocketAddr>().unwrap()).unwrap()
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, from)) = u.recv_from(&mut buf) {
+            let _ = u.send_to(b"dns6", from);
+        }
+    });
+    let slice6 = |name: &str, port: u16, proto: &str| {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv6\nports:\n- {{name: p, port: {port}, protocol: {proto}}}\nendpoints:\n- addresses: [\"::1\"]\n"
+        )
+    };
+    let yaml = [
+        service(
+            "web6",
+            "fd00:96::10",
+            80,
+            8080,
+            "TCP",
+            "  ipFamilies: [IPv6]\n",
+        ),
+        slice6("web6", 8080, "TCP"),
+        service(
+            "dns6",
+            "fd00:96::53",
+            53,
+            5353,
+            "UDP",
+            "  ipFamilies: [IPv6]\n",
+        ),
+        slice6("dns6", 5353, "UDP"),
+        service(
+            "none6",
+            "fd00:96::99",
+            80,
+            8080,
+            "TCP",
+            "  ipFamilies: [IPv6]\n",
+        ),
+    ]
+    .concat();
+    c.apply_ok(&yaml);
+
+    let r = probe(&c, "c6", &["tcp", "[fd00:96::10]:80"]);
+    assert_eq!(r["ok"], true, "IPv6 ClusterIP over TCP: {r}");
+    assert_eq!(r["response"], "web6\n");
+    assert_eq!(
+        r["peer"], "[fd00:96::10]:80",
+        "getpeername6 shows the service address: {r}"
+    );
+    let r = probe(&c, "c6", &["udp", "[fd00:96::53]:53", "--send", "q"]);
+    assert_eq!(r["ok"], true, "IPv6 ClusterIP over UDP: {r}");
+    assert_eq!(r["response"], "dns6");
+    assert_eq!(
+        r["peer"], "[fd00:96::53]:53",
+        "recvmsg6 shows the service address: {r}"
+    );
+    let lb = ok(&["bpf", "lb", "list", "--bpf-root", &c.bpf_root()]);
+    assert!(
+        lb.contains("[fd00:96::10]:80/TCP") && lb.contains("[::1]:8080 (slot 1"),
+        "cilium bpf lb list shows IPv6 frontends: {lb}"
+    );
+    let r = probe(&c, "c6", &["tcp", "[fd00:96::99]:80"]);
+    assert_eq!(
+        r["error"], "refused",
+        "an IPv6 service without backends is refused at once: {r}"
     );
 }

@@ -130,6 +130,69 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilium_lb4_reverse_sk SEC(".maps");
 
+/* IPv6 (socket LB): the same master/slot layout; backend ids are shared with IPv4
+ * (one id space), values of the service map are struct lb4_service. */
+struct lb6_key {
+	__u32 address[4];
+	__be16 dport;
+	__u16 backend_slot;
+	__u8 proto;
+	__u8 scope;
+	__u8 pad[2];
+};
+ASSERT_SIZE(struct lb6_key, 24);
+
+struct lb6_backend {
+	__u32 address[4];
+	__be16 port;
+	__u8 proto;
+	__u8 state;
+	__u32 pad;
+};
+ASSERT_SIZE(struct lb6_backend, 24);
+
+struct lb6_reverse_sk_key {
+	__u64 cookie;
+	__u32 address[4]; /* backend */
+	__be16 port;
+	__u16 pad;
+	__u32 pad2;
+};
+ASSERT_SIZE(struct lb6_reverse_sk_key, 32);
+
+struct lb6_reverse_sk {
+	__u32 address[4]; /* service frontend */
+	__be16 port;
+	__u16 rev_nat_index;
+};
+ASSERT_SIZE(struct lb6_reverse_sk, 20);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb6_key);
+	__type(value, struct lb4_service);
+	__uint(max_entries, LB_SERVICE_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb6_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb6_backend);
+	__uint(max_entries, LB_BACKENDS_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb6_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb6_reverse_sk_key);
+	__type(value, struct lb6_reverse_sk);
+	__uint(max_entries, LB_REVERSE_SK_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb6_reverse_sk SEC(".maps");
+
 /* Maglev lookup tables of externally reachable services: (rev-NAT index, slot) -> backend. */
 #define LB_MAGLEV_MAP_SIZE (1 << 20)
 

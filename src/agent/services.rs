@@ -10,8 +10,8 @@ use crate::{
     datapath::{
         loader::LbMaps,
         maps::{
-            Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, MaglevKey, LB_SCOPE_EXT, LB_SCOPE_INT,
-            SVC_F_AFFINITY, SVC_F_NODEPORT, SVC_F_SURROGATE, SVC_F_TWO_SCOPES,
+            Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, Lb6Backend, Lb6Key, MaglevKey, LB_SCOPE_EXT,
+            LB_SCOPE_INT, SVC_F_AFFINITY, SVC_F_NODEPORT, SVC_F_SURROGATE, SVC_F_TWO_SCOPES,
         },
     },
     lb::{
@@ -46,10 +46,28 @@ fn proto(p: Protocol) -> u8 {
     p.number()
 }
 
-/// The map contents an LB state asks for (IPv4 frontends; the datapath is IPv4 so far).
+/// The map contents an LB state asks for: IPv4 frontends (socket and tc LB) and IPv6
+/// frontends (socket LB).
 pub fn desired_maps(state: &LbState) -> LbMaps {
     let mut m = LbMaps::default();
     for (id, be) in &state.backends {
+        let state_code = match be.state {
+            BackendState::Active => 0,
+            _ => 1,
+        };
+        if let IpAddr::V6(a) = be.addr {
+            m.backends6.insert(
+                id.0,
+                Lb6Backend {
+                    address: a.octets(),
+                    port: be.port.to_be(),
+                    proto: proto(be.proto),
+                    state: state_code,
+                    pad: 0,
+                },
+            );
+            continue;
+        }
         let Some(address) = v4(be.addr) else { continue };
         m.backends.insert(
             id.0,
@@ -67,17 +85,9 @@ pub fn desired_maps(state: &LbState) -> LbMaps {
     }
     for svc in &state.services {
         let fe = &svc.frontend;
-        let Some(address) = v4(fe.addr) else { continue };
-        let key = Lb4Key {
-            address,
-            dport: fe.port.to_be(),
-            backend_slot: 0,
-            proto: proto(fe.proto),
-            scope: match fe.scope {
-                Scope::External => LB_SCOPE_EXT,
-                Scope::Internal => LB_SCOPE_INT,
-            },
-            pad: [0; 2],
+        let scope = match fe.scope {
+            Scope::External => LB_SCOPE_EXT,
+            Scope::Internal => LB_SCOPE_INT,
         };
         let mut flags = 0;
         if svc.affinity_timeout.is_some() {
@@ -98,32 +108,48 @@ pub fn desired_maps(state: &LbState) -> LbMaps {
             .chain(svc.terminating.iter())
             .map(|b| b.0)
             .collect();
-        m.services.insert(
-            key,
-            Lb4Service {
-                backend_id: svc.affinity_timeout.unwrap_or(0),
-                count: svc.backends.len() as u16,
-                rev_nat_index: svc.id,
-                flags,
-                flags2: 0,
-                pad: 0,
-            },
-        );
-        for (i, be) in slots.iter().enumerate() {
-            m.services.insert(
-                Lb4Key {
-                    backend_slot: i as u16 + 1,
-                    ..key
-                },
-                Lb4Service {
-                    backend_id: *be,
-                    count: 0,
-                    rev_nat_index: svc.id,
-                    flags,
-                    flags2: 0,
-                    pad: 0,
-                },
-            );
+        // Slot 0: the master entry; slots 1..: one backend each.
+        let entries = std::iter::once(Lb4Service {
+            backend_id: svc.affinity_timeout.unwrap_or(0),
+            count: svc.backends.len() as u16,
+            rev_nat_index: svc.id,
+            flags,
+            flags2: 0,
+            pad: 0,
+        })
+        .chain(slots.iter().map(|be| Lb4Service {
+            backend_id: *be,
+            count: 0,
+            rev_nat_index: svc.id,
+            flags,
+            flags2: 0,
+            pad: 0,
+        }));
+        if let IpAddr::V6(a) = fe.addr {
+            for (slot, v) in entries.enumerate() {
+                let key = Lb6Key {
+                    address: a.octets(),
+                    dport: fe.port.to_be(),
+                    backend_slot: slot as u16,
+                    proto: proto(fe.proto),
+                    scope,
+                    pad: [0; 2],
+                };
+                m.services6.insert(key, v);
+            }
+            continue;
+        }
+        let Some(address) = v4(fe.addr) else { continue };
+        for (slot, v) in entries.enumerate() {
+            let key = Lb4Key {
+                address,
+                dport: fe.port.to_be(),
+                backend_slot: slot as u16,
+                proto: proto(fe.proto),
+                scope,
+                pad: [0; 2],
+            };
+            m.services.insert(key, v);
         }
         m.revnat.insert(
             svc.id,
@@ -385,6 +411,45 @@ impl AgentState {
             self.datapath.lb_backend_remove(*id)?;
             writes += 1;
         }
+        // IPv6, in the same order.
+        for (id, be) in &want.backends6 {
+            if have.backends6.get(id) != Some(be) {
+                self.datapath.lb6_backend_put(*id, *be)?;
+                writes += 1;
+            }
+        }
+        for pass_master in [false, true] {
+            for (k, v) in want
+                .services6
+                .iter()
+                .filter(|(k, _)| (k.backend_slot == 0) == pass_master)
+            {
+                if have.services6.get(k) != Some(v) {
+                    self.datapath.lb6_service_put(*k, *v)?;
+                    writes += 1;
+                }
+            }
+        }
+        for pass_master in [true, false] {
+            for k in have
+                .services6
+                .keys()
+                .filter(|k| (k.backend_slot == 0) == pass_master)
+            {
+                if !want.services6.contains_key(k) {
+                    self.datapath.lb6_service_remove(k)?;
+                    writes += 1;
+                }
+            }
+        }
+        for id in have
+            .backends6
+            .keys()
+            .filter(|id| !want.backends6.contains_key(id))
+        {
+            self.datapath.lb6_backend_remove(*id)?;
+            writes += 1;
+        }
         Ok(writes)
     }
 
@@ -429,9 +494,17 @@ impl AgentState {
         for k in have.backends.keys() {
             self.lb.maps.backends.remove(k);
         }
+        for k in have.services6.keys() {
+            self.lb.maps.services6.remove(k);
+        }
+        for k in have.backends6.keys() {
+            self.lb.maps.backends6.remove(k);
+        }
         self.lb.maps.services.extend(want.services);
         self.lb.maps.revnat.extend(want.revnat);
         self.lb.maps.backends.extend(want.backends);
+        self.lb.maps.services6.extend(want.services6);
+        self.lb.maps.backends6.extend(want.backends6);
         let ids: std::collections::BTreeSet<u16> = delta
             .removed
             .services

@@ -930,6 +930,51 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
                     }
                 })
                 .collect();
+            // IPv6 frontends (socket LB), the same shape.
+            let ip6 = |a: [u8; 16]| std::net::Ipv6Addr::from(a);
+            let mut rows = rows;
+            for (k, v) in m.services6.iter().filter(|(k, _)| k.backend_slot == 0) {
+                let backends = m
+                    .services6
+                    .iter()
+                    .filter(|(s, _)| {
+                        s.backend_slot > 0
+                            && (s.address, s.dport, s.proto, s.scope)
+                                == (k.address, k.dport, k.proto, k.scope)
+                    })
+                    .map(|(s, sv)| match m.backends6.get(&sv.backend_id) {
+                        Some(b) => format!(
+                            "[{}]:{} (slot {}, id {}{})",
+                            ip6(b.address),
+                            u16::from_be(b.port),
+                            s.backend_slot,
+                            sv.backend_id,
+                            if s.backend_slot > v.count {
+                                ", terminating"
+                            } else {
+                                ""
+                            }
+                        ),
+                        None => format!(
+                            "missing backend {} (slot {})",
+                            sv.backend_id, s.backend_slot
+                        ),
+                    })
+                    .collect();
+                rows.push(Row {
+                    frontend: format!(
+                        "[{}]:{}/{}{}",
+                        ip6(k.address),
+                        u16::from_be(k.dport),
+                        proto(k.proto),
+                        if k.scope == 1 { " (internal)" } else { "" }
+                    ),
+                    rev_nat: v.rev_nat_index,
+                    flags: v.flags,
+                    affinity_timeout: v.backend_id,
+                    backends,
+                });
+            }
             render(output, &rows, || {
                 let mut s = format!("{:<28} {}\n", "SERVICE ADDRESS", "BACKEND ADDRESS (SLOT)");
                 for r in &rows {

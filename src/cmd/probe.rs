@@ -75,7 +75,11 @@ pub fn tcp(target: &str, send: Option<&str>, timeout: Duration) -> Result<ProbeR
 pub fn udp(target: &str, send: &str, connected: bool, timeout: Duration) -> Result<ProbeResult> {
     let addr = resolve(target)?;
     let start = Instant::now();
-    let s = UdpSocket::bind(("0.0.0.0", 0))?;
+    let s = if addr.is_ipv6() {
+        UdpSocket::bind(("::", 0))?
+    } else {
+        UdpSocket::bind(("0.0.0.0", 0))?
+    };
     s.set_read_timeout(Some(timeout))?;
     let mut buf = [0u8; 2048];
     let outcome = if connected {

@@ -120,11 +120,15 @@ const PROG_FROM_NETDEV: &str = "cil_from_netdev";
 const PROG_TO_NETDEV: &str = "cil_to_netdev";
 
 /// The socket LB programs and the cgroup hook each attaches to.
-const SOCK_PROGRAMS: [&str; 4] = [
+const SOCK_PROGRAMS: [&str; 8] = [
     "cil_sock4_connect",
     "cil_sock4_sendmsg",
     "cil_sock4_recvmsg",
     "cil_sock4_getpeername",
+    "cil_sock6_connect",
+    "cil_sock6_sendmsg",
+    "cil_sock6_recvmsg",
+    "cil_sock6_getpeername",
 ];
 
 /// One pod link's attachment, named by the host-side link.
@@ -387,6 +391,22 @@ impl Datapath {
         self.sock_remove::<u16, Lb4RevNat>(MAP_LB4_REVNAT, &id)
     }
 
+    pub fn lb6_service_put(&mut self, key: Lb6Key, value: Lb4Service) -> Result<()> {
+        self.sock_put(MAP_LB6_SERVICES, key, value)
+    }
+
+    pub fn lb6_service_remove(&mut self, key: &Lb6Key) -> Result<()> {
+        self.sock_remove::<Lb6Key, Lb4Service>(MAP_LB6_SERVICES, key)
+    }
+
+    pub fn lb6_backend_put(&mut self, id: u32, value: Lb6Backend) -> Result<()> {
+        self.sock_put(MAP_LB6_BACKENDS, id, value)
+    }
+
+    pub fn lb6_backend_remove(&mut self, id: u32) -> Result<()> {
+        self.sock_remove::<u32, Lb6Backend>(MAP_LB6_BACKENDS, &id)
+    }
+
     /// Current LB maps (services, backends, rev-NAT) for adoption after a restart.
     pub fn lb_entries(&mut self) -> Result<LbMaps> {
         let services = self
@@ -404,10 +424,22 @@ impl Datapath {
             .iter()
             .filter_map(|r| r.ok())
             .collect();
+        let services6 = self
+            .sock_map::<Lb6Key, Lb4Service>(MAP_LB6_SERVICES)?
+            .iter()
+            .filter_map(|r| r.ok())
+            .collect();
+        let backends6 = self
+            .sock_map::<u32, Lb6Backend>(MAP_LB6_BACKENDS)?
+            .iter()
+            .filter_map(|r| r.ok())
+            .collect();
         Ok(LbMaps {
             services,
             backends,
             revnat,
+            services6,
+            backends6,
         })
     }
 
@@ -727,6 +759,9 @@ pub struct LbMaps {
     pub services: std::collections::BTreeMap<Lb4Key, Lb4Service>,
     pub backends: std::collections::BTreeMap<u32, Lb4Backend>,
     pub revnat: std::collections::BTreeMap<u16, Lb4RevNat>,
+    /// IPv6 frontends (socket LB).
+    pub services6: std::collections::BTreeMap<Lb6Key, Lb4Service>,
+    pub backends6: std::collections::BTreeMap<u32, Lb6Backend>,
 }
 
 /// The pinned LB maps under `root`.
@@ -737,10 +772,16 @@ pub fn read_lb(root: &Path) -> Result<LbMaps> {
         pinned(root, MAP_LB4_BACKENDS, aya::maps::Map::HashMap)?;
     let r: HashMap<MapData, u16, Lb4RevNat> =
         pinned(root, MAP_LB4_REVNAT, aya::maps::Map::HashMap)?;
+    let s6: HashMap<MapData, Lb6Key, Lb4Service> =
+        pinned(root, MAP_LB6_SERVICES, aya::maps::Map::HashMap)?;
+    let b6: HashMap<MapData, u32, Lb6Backend> =
+        pinned(root, MAP_LB6_BACKENDS, aya::maps::Map::HashMap)?;
     Ok(LbMaps {
         services: s.iter().filter_map(|x| x.ok()).collect(),
         backends: b.iter().filter_map(|x| x.ok()).collect(),
         revnat: r.iter().filter_map(|x| x.ok()).collect(),
+        services6: s6.iter().filter_map(|x| x.ok()).collect(),
+        backends6: b6.iter().filter_map(|x| x.ok()).collect(),
     })
 }
 

@@ -14,6 +14,8 @@ pub const MAP_EVENTS: &str = "cilium_events";
 pub const MAP_LB4_SERVICES: &str = "cilium_lb4_services";
 pub const MAP_LB4_BACKENDS: &str = "cilium_lb4_backends";
 pub const MAP_LB4_REVNAT: &str = "cilium_lb4_reverse_nat";
+pub const MAP_LB6_SERVICES: &str = "cilium_lb6_services";
+pub const MAP_LB6_BACKENDS: &str = "cilium_lb6_backends";
 pub const MAP_LB_MAGLEV: &str = "cilium_lb_maglev";
 
 /// Key of `cilium_lxc`: an IPv4 address in network byte order.
@@ -321,6 +323,32 @@ pub struct Lb4RevNat {
     pub pad: u16,
 }
 
+/// Key of `cilium_lb6_services` (values are [`Lb4Service`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb6Key {
+    /// The address as the kernel holds it (network order bytes).
+    pub address: [u8; 16],
+    /// Network byte order.
+    pub dport: u16,
+    pub backend_slot: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub pad: [u8; 2],
+}
+
+/// Value of `cilium_lb6_backends` (ids shared with IPv4 backends).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Lb6Backend {
+    pub address: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub state: u8,
+    pub pad: u32,
+}
+
 /// Key of `cilium_lb_maglev`: (rev-NAT index, table slot) -> backend id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -366,6 +394,10 @@ unsafe impl aya::Pod for Lb4Backend {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Lb4RevNat {}
 // SAFETY: as above.
+unsafe impl aya::Pod for Lb6Key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Lb6Backend {}
+// SAFETY: as above.
 unsafe impl aya::Pod for MaglevKey {}
 
 const _: () = assert!(std::mem::size_of::<EndpointKey>() == 4);
@@ -387,6 +419,8 @@ const _: () = assert!(std::mem::size_of::<Lb4Key>() == 12);
 const _: () = assert!(std::mem::size_of::<Lb4Service>() == 12);
 const _: () = assert!(std::mem::size_of::<Lb4Backend>() == 12);
 const _: () = assert!(std::mem::size_of::<Lb4RevNat>() == 8);
+const _: () = assert!(std::mem::size_of::<Lb6Key>() == 24);
+const _: () = assert!(std::mem::size_of::<Lb6Backend>() == 24);
 const _: () = assert!(std::mem::size_of::<MaglevKey>() == 8);
 
 /// Metric directions, as in ebpf/lib/common.h.
