@@ -38,6 +38,16 @@ pub enum IdentityError {
     Lock { path: PathBuf, errno: nix::Error },
     #[error("all cluster identities ({MIN_USER_IDENTITY}-{MAX_USER_IDENTITY}) are in use")]
     Exhausted,
+    #[error("{op}: {source}")]
+    Api {
+        op: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("identity allocation gave up after {attempts} numbers were taken by other agents first (labels {labels})")]
+    Contended { attempts: usize, labels: String },
+    #[error("identity allocator runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// Hands out cluster-wide identities for label sets.

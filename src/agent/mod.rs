@@ -6,6 +6,7 @@ pub mod config_dir;
 pub mod endpoints;
 pub mod events;
 pub mod identity;
+pub mod identity_k8s;
 pub mod ipam;
 pub mod models;
 pub mod regen;
