@@ -1,7 +1,7 @@
 //! Security identities: one number per distinct set of security-relevant labels.
 //! Allocation sits behind a trait so every agent of a cluster agrees on numbers:
-//! the local store (a locked file shared by the local cluster's agents) now,
-//! CiliumIdentity objects or etcd later. CIDR identities are node-local, as in Cilium.
+//! the local store (a locked file shared by the local cluster's agents), CiliumIdentity
+//! objects ([`super::identity_k8s`], `--identity-allocation-mode crd`), etcd later. CIDR identities are node-local, as in Cilium.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
@@ -46,6 +46,8 @@ pub enum IdentityError {
     },
     #[error("identity allocation gave up after {attempts} numbers were taken by other agents first (labels {labels})")]
     Contended { attempts: usize, labels: String },
+    #[error("Kubernetes client configuration for identity allocation: {0}")]
+    KubeConfig(#[source] kube::config::InferConfigError),
     #[error("identity allocator runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
