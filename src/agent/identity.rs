@@ -48,6 +48,8 @@ pub enum IdentityError {
     Contended { attempts: usize, labels: String },
     #[error("Kubernetes client configuration for identity allocation: {0}")]
     KubeConfig(#[source] kube::config::InferConfigError),
+    #[error("the Kubernetes API did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     #[error("identity allocator runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }

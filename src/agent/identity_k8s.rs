@@ -22,6 +22,7 @@
 //! one-thread tokio runtime whose client it builds there: a call spawns the API work on
 //! that runtime and waits for the answer on a channel, which works from plain threads
 //! and from inside any runtime flavour (no `block_in_place`, no nested `block_on`).
+//! Every call is bounded ([`DEFAULT_TIMEOUT`]): an unreachable API server is an error.
 //!
 //! Why two agents never end with two numbers for one label set while no identity is
 //! deleted: say agent A created `i` and agent B created `j > i` for the same labels. B
@@ -48,6 +49,8 @@ use crate::{
 
 /// Creates tried per allocation before giving up (each 409 is another agent's success).
 pub const MAX_CREATE_ATTEMPTS: usize = 16;
+/// Longest an allocation or a list may take: the agent's regeneration waits on it.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Allocator over CiliumIdentity objects; see the module documentation.
 pub struct K8sIdentityAllocator {
@@ -56,6 +59,7 @@ pub struct K8sIdentityAllocator {
     api: Api<CiliumIdentity>,
     /// Label set -> (identity, users): this agent's references, in memory.
     refs: BTreeMap<Labels, (u32, BTreeSet<String>)>,
+    timeout: std::time::Duration,
 }
 
 impl K8sIdentityAllocator {
@@ -79,7 +83,14 @@ impl K8sIdentityAllocator {
             rt: Some(rt),
             api: Api::all(client),
             refs: BTreeMap::new(),
+            timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// Changes how long one call may take ([`DEFAULT_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Runs `fut` on the allocator's runtime and waits for it.
@@ -89,8 +100,12 @@ impl K8sIdentityAllocator {
     ) -> Result<T, IdentityError> {
         let rt = self.rt.as_ref().expect("runtime lives until drop");
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let timeout = self.timeout;
         rt.spawn(async move {
-            let _ = tx.send(fut.await);
+            let out = tokio::time::timeout(timeout, fut)
+                .await
+                .unwrap_or(Err(IdentityError::Timeout(timeout)));
+            let _ = tx.send(out);
         });
         rx.recv().map_err(|_| {
             IdentityError::Runtime(std::io::Error::other("identity allocation task failed"))

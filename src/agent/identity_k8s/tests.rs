@@ -322,3 +322,21 @@ fn object_labels_keep_valid_k8s_labels_without_their_source() {
     assert_eq!(label_selector(&l), "app=web,app.kubernetes.io/name=shop");
     assert_eq!(label_selector(&Labels::reserved("host")), "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_that_does_not_answer_is_an_error_not_a_hang() {
+    // Accepts connections (the backlog) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = kube::Config::new(
+        format!("http://{}", silent.local_addr().unwrap())
+            .parse()
+            .unwrap(),
+    );
+    let mut a = K8sIdentityAllocator::new(cfg)
+        .unwrap()
+        .with_timeout(std::time::Duration::from_millis(300));
+    let err = blocking(move || a.allocate(&labels("web"), "node1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IdentityError::Timeout(_)), "{err}");
+}
