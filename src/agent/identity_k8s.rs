@@ -3,13 +3,16 @@
 //!
 //! - **allocate**: an identity whose `security-labels` equal the labels exactly is
 //!   reused (found by a list with a label selector, then compared in full: the selector
-//!   only narrows); with several, the lowest number, so agents converge. Otherwise the
-//!   lowest free number of the cluster range ([`MIN_USER_IDENTITY`]..=
-//!   [`MAX_USER_IDENTITY`], as [`FileAllocator`](super::identity::FileAllocator)) is
-//!   created, named by the number: the API server's create-if-absent on the name is the
-//!   lock. A 409 means another agent took that number first: if it holds the same labels
-//!   (it allocated the same identity at the same moment) it is adopted, otherwise the
-//!   next free number is tried, at most [`MAX_CREATE_ATTEMPTS`] times.
+//!   only narrows); with several, the lowest number, so agents converge. Otherwise a
+//!   free number of the cluster range ([`MIN_USER_IDENTITY`]..=[`MAX_USER_IDENTITY`],
+//!   as [`FileAllocator`](super::identity::FileAllocator)) is created, named by the
+//!   number: the API server's create-if-absent on the name is the lock. The search for a
+//!   free number starts at a stable hash of the labels ([`first_candidate`]) and walks
+//!   up, wrapping: agents allocating the same labels try the same numbers in the same
+//!   order (so they meet on one name), different label sets seldom compete for one. A
+//!   409 means another agent took that number first: if it holds the same labels (it
+//!   allocated the same identity at the same moment) it is adopted, otherwise the next
+//!   number is tried, at most [`MAX_CREATE_ATTEMPTS`] times.
 //! - **release / retain_user**: agents never delete CiliumIdentity objects. References
 //!   (which node uses which label set) are kept in memory, per allocator, as upstream's
 //!   local key references; an identity no endpoint uses is deleted by the operator's
@@ -25,10 +28,10 @@
 //! Every call is bounded ([`DEFAULT_TIMEOUT`]): an unreachable API server is an error.
 //!
 //! Why two agents never end with two numbers for one label set while no identity is
-//! deleted: say agent A created `i` and agent B created `j > i` for the same labels. B
-//! skipped `i` because its list or a 409 showed an object there; the only object `i`
-//! ever held is A's (A's create succeeded), whose labels B compares, so B would have
-//! used `i`. Deletions (the operator's garbage collection racing an allocation) can
+//! deleted: say agent A created `i` and agent B created `j` for the same labels, `i`
+//! first in their common search order. B skipped `i` because its list or a 409 showed
+//! an object there; the only object `i` ever held is A's (A's create succeeded), whose
+//! labels B compares, so B would have used `i`. Deletions (the operator's garbage collection racing an allocation) can
 //! break that, as in upstream's CRD mode: then both identities are valid (policy selects
 //! by labels), later allocations pick the lowest, and the unused one is collected.
 use std::{
@@ -210,8 +213,8 @@ async fn allocate(api: Api<CiliumIdentity>, labels: Labels) -> Result<u32, Ident
     // 1. An identity with these labels already exists: the selector narrows, the full
     //    comparison decides (a selector also matches supersets, and skips non-k8s labels).
     let selector = label_selector(&labels);
-    let candidates = list_all(&api, ListParams::default().labels(&selector)).await?;
-    if let Some(id) = lowest_match(&candidates, &labels) {
+    let found = list_all(&api, ListParams::default().labels(&selector)).await?;
+    if let Some(id) = lowest_match(&found, &labels) {
         return Ok(id);
     }
     // 2. Create the lowest free number; the name makes the create exclusive.
@@ -219,7 +222,8 @@ async fn allocate(api: Api<CiliumIdentity>, labels: Labels) -> Result<u32, Ident
     if let Some(id) = lowest_match(&all, &labels) {
         return Ok(id); // created since the first list
     }
-    let mut taken: BTreeSet<u32> = all.iter().filter_map(id_of).collect();
+    let taken: BTreeSet<u32> = all.iter().filter_map(id_of).collect();
+    let mut free = candidates(&labels).filter(|id| !taken.contains(id));
     let object = |id: u32| CiliumIdentity {
         metadata: ObjectMeta {
             name: Some(id.to_string()),
@@ -231,9 +235,9 @@ async fn allocate(api: Api<CiliumIdentity>, labels: Labels) -> Result<u32, Ident
         },
     };
     for _ in 0..MAX_CREATE_ATTEMPTS {
-        let id = (MIN_USER_IDENTITY..=MAX_USER_IDENTITY)
-            .find(|id| !taken.contains(id))
-            .ok_or(IdentityError::Exhausted)?;
+        let Some(id) = free.next() else {
+            return Err(IdentityError::Exhausted);
+        };
         match api.create(&PostParams::default(), &object(id)).await {
             Ok(created) => {
                 tracing::debug!(identity = %created.name_any(), labels = ?labels.0, "created identity");
@@ -246,13 +250,13 @@ async fn allocate(api: Api<CiliumIdentity>, labels: Labels) -> Result<u32, Ident
                     .get_opt(&id.to_string())
                     .await
                     .map_err(api_error("reading CiliumIdentity"))?;
-                match existing {
-                    Some(e) if e.spec.security_labels == labels.0 => return Ok(id),
-                    Some(_) => {
-                        taken.insert(id);
+                if let Some(e) = existing {
+                    if e.spec.security_labels == labels.0 {
+                        return Ok(id);
                     }
-                    None => {} // collected in between: the number is free again
                 }
+                // Other labels: on to the next number. (Gone again, collected in
+                // between: the next number too; the search order stays the same.)
             }
             Err(source) => {
                 return Err(IdentityError::Api {
@@ -266,6 +270,29 @@ async fn allocate(api: Api<CiliumIdentity>, labels: Labels) -> Result<u32, Ident
         attempts: MAX_CREATE_ATTEMPTS,
         labels: format!("{:?}", labels.0),
     })
+}
+
+/// Numbers in the cluster range.
+const RANGE: u32 = MAX_USER_IDENTITY - MIN_USER_IDENTITY + 1;
+
+/// Where the search for a free number for `labels` starts: FNV-1a (64 bit) over the
+/// sorted `key=value` pairs, into the cluster range. Stable across agents, builds and
+/// architectures: it only decides the order numbers are tried in, never an identity.
+pub fn first_candidate(labels: &Labels) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in &labels.0 {
+        for b in k.bytes().chain([b'=']).chain(v.bytes()).chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    MIN_USER_IDENTITY + (h % u64::from(RANGE)) as u32
+}
+
+/// Every number of the cluster range once, from [`first_candidate`] up, wrapping.
+pub fn candidates(labels: &Labels) -> impl Iterator<Item = u32> {
+    let start = first_candidate(labels) - MIN_USER_IDENTITY;
+    (0..RANGE).map(move |k| MIN_USER_IDENTITY + (start + k) % RANGE)
 }
 
 /// The object's Kubernetes labels, as upstream's `SanitizeK8sLabels`: the `k8s:`-sourced

@@ -11,6 +11,9 @@ use crate::k8s::{
 };
 
 const IDS: &str = "/apis/cilium.io/v2/ciliumidentities";
+/// FNV-1a of "k8s:app=web\0k8s:io.kubernetes.pod.namespace=default\0", into 256..=65535
+/// (computed independently).
+const PINNED_WEB: u32 = 19319;
 
 fn labels(app: &str) -> Labels {
     Labels(BTreeMap::from([
@@ -70,12 +73,13 @@ fn security_labels(api: &FakeApi, id: u32) -> Option<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn creates_the_lowest_free_identity_when_none_has_the_labels() {
+async fn creates_the_first_free_candidate_when_none_has_the_labels() {
     let api = FakeApi::start().await;
+    let c: Vec<u32> = candidates(&labels("web")).take(2).collect();
     api.insert(
         "cilium.io",
         "ciliumidentities",
-        object(256, &labels("other")),
+        object(c[0], &labels("other")),
     );
     let mut a = new_allocator(&api);
     let (mut a, web) = blocking(move || {
@@ -84,7 +88,7 @@ async fn creates_the_lowest_free_identity_when_none_has_the_labels() {
     })
     .await;
     let web = web.unwrap();
-    assert_eq!(web, 257, "256 is taken");
+    assert_eq!(web, c[1], "the first candidate is taken");
     let reqs = api.take();
     assert_eq!(calls(&reqs), ["list", "list", "create"]);
     assert!(
@@ -96,7 +100,7 @@ async fn creates_the_lowest_free_identity_when_none_has_the_labels() {
     );
     assert_eq!(reqs[2].path, IDS);
     let created = api
-        .get("cilium.io", "ciliumidentities", None, "257")
+        .get("cilium.io", "ciliumidentities", None, &web.to_string())
         .unwrap();
     assert_eq!(created["security-labels"], json!(labels("web").0));
     assert_eq!(
@@ -122,7 +126,9 @@ async fn creates_the_lowest_free_identity_when_none_has_the_labels() {
     })
     .await
     .unwrap();
-    assert_eq!(listed, vec![(256, labels("other")), (257, labels("web"))]);
+    let mut want = vec![(c[0], labels("other")), (c[1], labels("web"))];
+    want.sort();
+    assert_eq!(listed, want);
     assert_agent_may(&api.take());
 }
 
@@ -175,64 +181,73 @@ async fn reuses_the_identity_whose_labels_are_equal_not_a_superset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_number_taken_by_other_labels_in_the_race_moves_to_the_next() {
     let api = FakeApi::start().await;
-    // Another agent creates 256 for other labels between our list and our create.
+    let c: Vec<u32> = candidates(&labels("web")).take(2).collect();
+    // Another agent creates our first candidate for other labels between our list and
+    // our create.
     api.insert_on_next(
         "POST",
         IDS,
         "cilium.io",
         "ciliumidentities",
-        object(256, &labels("db")),
+        object(c[0], &labels("db")),
     );
     let mut a = new_allocator(&api);
     let id = blocking(move || a.allocate(&labels("web"), "node1"))
         .await
         .unwrap();
-    assert_eq!(id, 257);
+    assert_eq!(id, c[1]);
     let reqs = api.take();
     assert_eq!(
         calls(&reqs),
-        ["list", "list", "create", "get 256", "create"],
+        ["list", "list", "create", &format!("get {}", c[0]), "create"],
         "409, re-read, next number"
     );
-    assert_eq!(reqs[2].body["metadata"]["name"], "256");
-    assert_eq!(reqs[4].body["metadata"]["name"], "257");
-    assert_eq!(security_labels(&api, 256), Some(json!(labels("db").0)));
-    assert_eq!(security_labels(&api, 257), Some(json!(labels("web").0)));
+    assert_eq!(reqs[2].body["metadata"]["name"], c[0].to_string());
+    assert_eq!(reqs[4].body["metadata"]["name"], c[1].to_string());
+    assert_eq!(security_labels(&api, c[0]), Some(json!(labels("db").0)));
+    assert_eq!(security_labels(&api, c[1]), Some(json!(labels("web").0)));
     assert_agent_may(&reqs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_number_taken_by_the_same_labels_in_the_race_is_adopted() {
     let api = FakeApi::start().await;
+    let c: Vec<u32> = candidates(&labels("web")).take(2).collect();
     // Another agent allocates the same labels at the same moment and wins.
     api.insert_on_next(
         "POST",
         IDS,
         "cilium.io",
         "ciliumidentities",
-        object(256, &labels("web")),
+        object(c[0], &labels("web")),
     );
     let mut a = new_allocator(&api);
     let id = blocking(move || a.allocate(&labels("web"), "node1"))
         .await
         .unwrap();
-    assert_eq!(id, 256);
+    assert_eq!(id, c[0]);
     let reqs = api.take();
-    assert_eq!(calls(&reqs), ["list", "list", "create", "get 256"]);
-    assert!(security_labels(&api, 257).is_none(), "no second identity");
+    assert_eq!(
+        calls(&reqs),
+        ["list", "list", "create", &format!("get {}", c[0])]
+    );
+    assert!(security_labels(&api, c[1]).is_none(), "no second identity");
     assert_agent_may(&reqs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gives_up_clearly_after_bounded_conflicts() {
     let api = FakeApi::start().await;
-    for k in 0..MAX_CREATE_ATTEMPTS as u32 {
+    for (k, id) in candidates(&labels("web"))
+        .take(MAX_CREATE_ATTEMPTS)
+        .enumerate()
+    {
         api.insert_on_next(
             "POST",
             IDS,
             "cilium.io",
             "ciliumidentities",
-            object(256 + k, &labels(&format!("other{k}"))),
+            object(id, &labels(&format!("other{k}"))),
         );
     }
     let mut a = new_allocator(&api);
@@ -339,4 +354,20 @@ async fn an_api_server_that_does_not_answer_is_an_error_not_a_hang() {
         .await
         .unwrap_err();
     assert!(matches!(err, IdentityError::Timeout(_)), "{err}");
+}
+
+#[test]
+fn the_search_order_is_stable_and_covers_the_range_once() {
+    // Pinned: agents of different versions must search in the same order.
+    assert_eq!(first_candidate(&labels("web")), PINNED_WEB);
+    assert_ne!(first_candidate(&labels("db")), PINNED_WEB);
+    let all: Vec<u32> = candidates(&labels("web")).collect();
+    assert_eq!(all[0], PINNED_WEB);
+    assert_eq!(all.len() as u32, MAX_USER_IDENTITY - MIN_USER_IDENTITY + 1);
+    assert_eq!(
+        all.iter().copied().collect::<BTreeSet<u32>>().len(),
+        all.len()
+    );
+    let top = all.iter().position(|&id| id == MAX_USER_IDENTITY).unwrap();
+    assert_eq!(all[top + 1], MIN_USER_IDENTITY, "wraps to the bottom");
 }
