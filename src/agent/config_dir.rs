@@ -12,7 +12,7 @@ use std::{
 
 use clap::{parser::ValueSource, ArgMatches, ValueEnum};
 
-use super::{AgentConfig, PolicyMode, RoutingMode};
+use super::{AgentConfig, IdentityAllocationMode, PolicyMode, RoutingMode};
 use crate::datapath::link::TunnelProtocol;
 
 /// Where the socket load balancer attaches when `kube-proxy-replacement` is true and the
@@ -127,6 +127,12 @@ pub const MAPPED: &[Mapped] = &[
             c.tunnel_port = (p != 0).then_some(p);
             Ok(())
         },
+    },
+    Mapped {
+        key: "identity-allocation-mode",
+        flag: "identity_allocation_mode",
+        allowed: variants::<IdentityAllocationMode>,
+        apply: |c, v, _| enum_value(v).map(|m| c.identity_allocation_mode = m),
     },
     Mapped {
         key: "enable-policy",
@@ -450,9 +456,11 @@ mod tests {
                 ("agent-health-port", "9999"),
                 ("socket-path", "/run/x.sock"),
                 ("conntrack-gc-interval", "1m30s"),
+                ("identity-allocation-mode", "crd"),
             ],
         );
         assert_eq!(c.routing_mode, RoutingMode::Native);
+        assert_eq!(c.identity_allocation_mode, IdentityAllocationMode::Crd);
         assert_eq!(c.tunnel_protocol, TunnelProtocol::Geneve);
         assert_eq!(c.tunnel_port, Some(6082));
         assert_eq!(c.enable_policy, PolicyMode::Always);
@@ -464,7 +472,7 @@ mod tests {
         assert_eq!(c.health_port, 9999);
         assert_eq!(c.socket, PathBuf::from("/run/x.sock"));
         assert_eq!(c.ct_gc_interval, 90);
-        assert_eq!(a.applied.len(), 13);
+        assert_eq!(a.applied.len(), 14);
         assert!(a.overridden.is_empty() && a.unknown.is_empty());
     }
 

@@ -1,7 +1,7 @@
 //! Security identities: one number per distinct set of security-relevant labels.
 //! Allocation sits behind a trait so every agent of a cluster agrees on numbers:
-//! the local store (a locked file shared by the local cluster's agents) now,
-//! CiliumIdentity objects or etcd later. CIDR identities are node-local, as in Cilium.
+//! the local store (a locked file shared by the local cluster's agents), CiliumIdentity
+//! objects ([`super::identity_k8s`], `--identity-allocation-mode crd`), etcd later. CIDR identities are node-local, as in Cilium.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
@@ -38,6 +38,20 @@ pub enum IdentityError {
     Lock { path: PathBuf, errno: nix::Error },
     #[error("all cluster identities ({MIN_USER_IDENTITY}-{MAX_USER_IDENTITY}) are in use")]
     Exhausted,
+    #[error("{op}: {source}")]
+    Api {
+        op: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("identity allocation gave up after {attempts} numbers were taken by other agents first (labels {labels})")]
+    Contended { attempts: usize, labels: String },
+    #[error("Kubernetes client configuration for identity allocation: {0}")]
+    KubeConfig(#[source] kube::config::InferConfigError),
+    #[error("the Kubernetes API did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("identity allocator runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// Hands out cluster-wide identities for label sets.

@@ -6,6 +6,7 @@ pub mod config_dir;
 pub mod endpoints;
 pub mod events;
 pub mod identity;
+pub mod identity_k8s;
 pub mod ipam;
 pub mod models;
 pub mod regen;
@@ -83,9 +84,14 @@ pub struct AgentConfig {
     #[arg(long)]
     pub store: Option<PathBuf>,
     /// Directory of the identity allocator shared by the cluster's agents
-    /// (default: <state-dir>/identities).
+    /// (default: <state-dir>/identities; `local` identity allocation mode).
     #[arg(long)]
     pub identity_dir: Option<PathBuf>,
+    /// Where security identities are allocated: `local` (a locked file in
+    /// --identity-dir, shared by the local cluster's agents) or `crd` (CiliumIdentity
+    /// objects in the Kubernetes API; client configuration in-cluster or kubeconfig).
+    #[arg(long, value_enum, default_value = "local")]
+    pub identity_allocation_mode: IdentityAllocationMode,
     /// cgroup v2 directory whose sockets get socket-level load balancing
     /// (kube-proxy replacement); never the machine's root cgroup in tests.
     #[arg(long)]
@@ -132,6 +138,13 @@ fn parse_maglev_size(s: &str) -> Result<u32, String> {
 pub enum RoutingMode {
     Tunnel,
     Native,
+}
+
+/// Cilium's identity-allocation-mode (no `kvstore` yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdentityAllocationMode {
+    Local,
+    Crd,
 }
 
 /// Policy enforcement mode (Cilium's enable-policy).
@@ -275,7 +288,17 @@ impl AgentState {
             .identity_dir
             .clone()
             .unwrap_or_else(|| config.state_dir.join("identities"));
-        let allocator = Box::new(identity::FileAllocator::new(&id_dir)?);
+        let allocator: Box<dyn identity::IdentityAllocator> = match config.identity_allocation_mode
+        {
+            IdentityAllocationMode::Local => Box::new(identity::FileAllocator::new(&id_dir)?),
+            IdentityAllocationMode::Crd => {
+                let kube_config = kube::Config::infer()
+                    .await
+                    .map_err(identity::IdentityError::KubeConfig)?;
+                info!(server = %kube_config.cluster_url, "identities are CiliumIdentity objects");
+                Box::new(identity_k8s::K8sIdentityAllocator::new(kube_config)?)
+            }
+        };
         let store = config
             .store
             .as_deref()

@@ -3,5 +3,7 @@
 pub mod apply;
 pub mod cluster;
 pub mod crds;
+#[cfg(test)]
+pub mod fake_api;
 pub mod rbac;
 pub mod status;

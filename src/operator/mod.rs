@@ -11,8 +11,6 @@ pub mod ipam;
 pub mod leader;
 
 #[cfg(test)]
-mod fake_api;
-#[cfg(test)]
 mod tests;
 
 use k8s_openapi::api::coordination::v1::Lease;

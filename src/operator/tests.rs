@@ -15,13 +15,15 @@ use serde_json::{json, Value};
 
 use super::{
     alloc::ClusterPool,
-    fake_api::{FakeApi, Recorded},
     gc::{EndpointGc, IdentityGc},
     health::Health,
     ipam::IpamController,
     leader::{Attempt, Elector, LeaseConfig, Lost, LEASE_NAME},
 };
-use crate::k8s::rbac::{allows, OPERATOR_RULES};
+use crate::k8s::{
+    fake_api::{FakeApi, Recorded},
+    rbac::{allows, OPERATOR_RULES},
+};
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
 const NODES: &str = "/apis/cilium.io/v2/ciliumnodes";

@@ -3,7 +3,8 @@
 //! on every write, 409 on a stale update / patch / delete precondition, 404, 201 on
 //! create, the status subresource splitting spec and status writes), records every
 //! request (method, path, body, and the RBAC verb/group/resource it needs), and can be
-//! told to fail the next matching request.
+//! told to fail the next matching request or to store an object just before it (a
+//! concurrent writer). Lists honour equality-based label selectors (`k=v,k2==v2`).
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -43,6 +44,9 @@ struct Inner {
     requests: Vec<Recorded>,
     /// (method, path, code, reason): the next matching request fails once.
     failures: Vec<(String, String, u16, String)>,
+    /// (method, path suffix, object key, object): stored just before the next matching
+    /// request is handled, as if another client had written it first.
+    inserts: Vec<(String, String, Key, Value)>,
 }
 
 #[derive(Clone, Default)]
@@ -131,6 +135,24 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Equality-based label selector terms of a query (`labelSelector=k=v,k2==v2`).
+fn selector_of(query: &str) -> Vec<(String, String)> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    pairs
+        .iter()
+        .filter(|(k, _)| k == "labelSelector")
+        .flat_map(|(_, sel)| sel.split(','))
+        .filter(|t| !t.is_empty())
+        .filter_map(|t| {
+            let (k, v) = t.split_once('=')?;
+            Some((
+                k.trim().to_string(),
+                v.trim_start_matches('=').trim().to_string(),
+            ))
+        })
+        .collect()
+}
+
 fn rv_of(v: &Value) -> Option<String> {
     v.pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
@@ -179,6 +201,14 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
         let (_, _, code, reason) = st.failures.remove(i);
         return status(code, &reason, "injected failure");
     }
+    if let Some(i) = st
+        .inserts
+        .iter()
+        .position(|(m, pth, _, _)| *m == method.as_str() && path.ends_with(pth.as_str()))
+    {
+        let (_, _, key, obj) = st.inserts.remove(i);
+        st.store(key, obj);
+    }
     let api_version = if p.group.is_empty() {
         p.version.clone()
     } else {
@@ -194,6 +224,7 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
     };
     match (method, p.name.clone()) {
         (Method::GET, None) => {
+            let selector = selector_of(&query);
             let items: Vec<Value> = st
                 .objects
                 .iter()
@@ -201,6 +232,11 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
                     *g == p.group
                         && *r == p.resource
                         && (p.namespace.is_none() || *ns == p.namespace)
+                })
+                .filter(|(_, v)| {
+                    selector
+                        .iter()
+                        .all(|(k, want)| v["metadata"]["labels"][k].as_str() == Some(want))
                 })
                 .map(|(_, v)| v.clone())
                 .collect();
@@ -313,6 +349,33 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
     }
 }
 
+fn object_key(group: &str, resource: &str, obj: &Value) -> Key {
+    let meta = &obj["metadata"];
+    let name = meta["name"].as_str().expect("metadata.name").to_string();
+    let ns = meta["namespace"].as_str().map(str::to_string);
+    (group.into(), resource.into(), ns, name)
+}
+
+impl Inner {
+    /// Stores `obj` with a new resourceVersion; uid and creationTimestamp unless given.
+    fn store(&mut self, key: Key, mut obj: Value) {
+        self.rv += 1;
+        let rv = self.rv;
+        let meta = obj["metadata"].clone();
+        merge(
+            &mut obj,
+            &json!({"metadata": {"resourceVersion": rv.to_string()}}),
+        );
+        if meta["uid"].is_null() {
+            obj["metadata"]["uid"] = json!(format!("uid-{rv}"));
+        }
+        if meta["creationTimestamp"].is_null() {
+            obj["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        self.objects.insert(key, obj);
+    }
+}
+
 impl FakeApi {
     pub async fn start() -> Self {
         let shared = Shared::default();
@@ -333,33 +396,38 @@ impl FakeApi {
 
     /// A client for the double, default namespace `kube-system`.
     pub fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config()).expect("client")
+    }
+
+    /// The client configuration of the double (for code that builds its own client).
+    pub fn config(&self) -> kube::Config {
         let mut cfg = kube::Config::new(self.url.parse().expect("URL"));
         cfg.default_namespace = "kube-system".into();
-        kube::Client::try_from(cfg).expect("client")
+        cfg
     }
 
     /// Stores an object directly (not recorded): group "" for core; fills
     /// resourceVersion, uid and creationTimestamp unless given.
     pub fn insert(&self, group: &str, resource: &str, obj: Value) {
-        let mut st = self.shared.lock();
-        st.rv += 1;
-        let rv = st.rv;
-        let mut obj = obj;
-        let meta = obj["metadata"].clone();
-        let name = meta["name"].as_str().expect("metadata.name").to_string();
-        let ns = meta["namespace"].as_str().map(str::to_string);
-        merge(
-            &mut obj,
-            &json!({"metadata": {"resourceVersion": rv.to_string()}}),
-        );
-        if meta["uid"].is_null() {
-            obj["metadata"]["uid"] = json!(format!("uid-{rv}"));
-        }
-        if meta["creationTimestamp"].is_null() {
-            obj["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
-        }
-        st.objects
-            .insert((group.into(), resource.into(), ns, name), obj);
+        let key = object_key(group, resource, &obj);
+        self.shared.lock().store(key, obj);
+    }
+
+    /// Like [`insert`](Self::insert), but only just before the next `method` request
+    /// whose path ends with `path_suffix` is handled: another writer winning a race.
+    pub fn insert_on_next(
+        &self,
+        method: &str,
+        path_suffix: &str,
+        group: &str,
+        resource: &str,
+        obj: Value,
+    ) {
+        let key = object_key(group, resource, &obj);
+        self.shared
+            .lock()
+            .inserts
+            .push((method.into(), path_suffix.into(), key, obj));
     }
 
     /// Removes an object directly (not recorded).
