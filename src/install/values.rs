@@ -567,6 +567,9 @@ impl Settings {
             put("k8s-service-port", p.to_string());
         }
         put("enable-policy", self.policy_enforcement_mode.clone());
+        // Identities must be shared by every node: CiliumIdentity objects (the agent's
+        // default is its local file allocator, for the local cluster).
+        put("identity-allocation-mode", "crd".to_string());
         put("ipam", self.ipam_mode.clone());
         if self.ipam_mode == "cluster-pool" {
             let pools: Vec<String> = self
