@@ -104,6 +104,20 @@ fn geneve_without_kernel_support_fails_naming_the_kernel_option() {
     assert_eq!(before, root_links(), "nothing left in the root namespace");
 }
 
+/// node1's ipcache, as `cilium bpf ipcache list -o json` prints it.
+fn ipcache(c: &LocalCluster) -> serde_json::Value {
+    serde_json::from_str(&ok(&[
+        "bpf",
+        "ipcache",
+        "list",
+        "--bpf-root",
+        &c.bpf_root(),
+        "-o",
+        "json",
+    ]))
+    .unwrap()
+}
+
 fn node_socket(c: &LocalCluster, node: &str) -> String {
     format!("/var/run/cilium-local/{}/nodes/{node}/cilium.sock", c.name)
 }
@@ -172,16 +186,7 @@ fn two_nodes(name: &str, net: &str, routing: &str) {
             serde_json::from_str(&ok(&["-H", &node2, "endpoint", "list", "-o", "json"])).unwrap();
         eps[0]["identity"].as_u64().unwrap()
     };
-    let ipc: serde_json::Value = serde_json::from_str(&ok(&[
-        "bpf",
-        "ipcache",
-        "list",
-        "--bpf-root",
-        &c.bpf_root(),
-        "-o",
-        "json",
-    ]))
-    .unwrap();
+    let ipc = ipcache(&c);
     let id_of = |p: &str| {
         ipc.as_array()
             .unwrap()
@@ -325,16 +330,7 @@ fn two_nodes(name: &str, net: &str, routing: &str) {
     let store = cilium::agent::store::Store::open(&c.dir().join("store")).unwrap();
     store.delete_node("node2").unwrap();
     settle_all(&c);
-    let ipc: serde_json::Value = serde_json::from_str(&ok(&[
-        "bpf",
-        "ipcache",
-        "list",
-        "--bpf-root",
-        &c.bpf_root(),
-        "-o",
-        "json",
-    ]))
-    .unwrap();
+    let ipc = ipcache(&c);
     for gone in [
         format!("{web}/32"),
         "192.0.2.12/32".to_string(),

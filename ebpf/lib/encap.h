@@ -37,14 +37,3 @@ static __always_inline int set_tunnel(struct __sk_buff *skb, __be32 tunnel_endpo
 	key.tunnel_ttl = 64;
 	return bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX);
 }
-
-static __always_inline struct ipcache_value *ipcache_lookup4(__be32 addr)
-{
-	struct ipcache_key key = {
-		.prefixlen = IPCACHE_STATIC_PREFIX + 32,
-		.family = 4,
-	};
-
-	key.ip[0] = addr;
-	return bpf_map_lookup_elem(&cilium_ipcache, &key);
-}

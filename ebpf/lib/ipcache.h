@@ -39,15 +39,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilium_ipcache SEC(".maps");
 
-static __always_inline __u32 ipcache_identity4(__be32 addr)
+static __always_inline struct ipcache_value *ipcache_lookup4(__be32 addr)
 {
 	struct ipcache_key key = {
 		.prefixlen = IPCACHE_STATIC_PREFIX + 32,
 		.family = 4,
 	};
-	struct ipcache_value *v;
 
 	key.ip[0] = addr;
-	v = bpf_map_lookup_elem(&cilium_ipcache, &key);
+	return bpf_map_lookup_elem(&cilium_ipcache, &key);
+}
+
+static __always_inline __u32 ipcache_identity4(__be32 addr)
+{
+	struct ipcache_value *v = ipcache_lookup4(addr);
+
 	return v ? v->sec_identity : ID_WORLD;
 }

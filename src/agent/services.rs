@@ -8,7 +8,7 @@ use tracing::info;
 use super::{store::Snapshot, AgentError, AgentState};
 use crate::{
     datapath::{
-        loader::LbMaps,
+        loader::{DatapathError, LbMaps},
         maps::{
             Lb4Backend, Lb4Key, Lb4RevNat, Lb4Service, Lb6Backend, Lb6Key, MaglevKey, LB_SCOPE_EXT,
             LB_SCOPE_INT, SVC_F_AFFINITY, SVC_F_NODEPORT, SVC_F_SURROGATE, SVC_F_TWO_SCOPES,
@@ -161,6 +161,46 @@ pub fn desired_maps(state: &LbState) -> LbMaps {
         );
     }
     m
+}
+
+/// Writes the entries of `want` that `have` lacks or holds otherwise: those `first`
+/// selects, then the rest (slots before the master entry that counts them).
+fn put_changed<K: Ord + Copy, V: PartialEq + Copy>(
+    want: &BTreeMap<K, V>,
+    have: &BTreeMap<K, V>,
+    first: impl Fn(&K) -> bool,
+    mut put: impl FnMut(K, V) -> Result<(), DatapathError>,
+) -> Result<usize, DatapathError> {
+    let mut writes = 0;
+    for pass in [true, false] {
+        for (k, v) in want.iter().filter(|(k, _)| first(k) == pass) {
+            if have.get(k) != Some(v) {
+                put(*k, *v)?;
+                writes += 1;
+            }
+        }
+    }
+    Ok(writes)
+}
+
+/// Removes the entries of `have` that `want` lacks: those `first` selects, then the
+/// rest (master entries before their slots).
+fn remove_gone<K: Ord, V>(
+    have: &BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+    first: impl Fn(&K) -> bool,
+    mut remove: impl FnMut(&K) -> Result<(), DatapathError>,
+) -> Result<usize, DatapathError> {
+    let mut writes = 0;
+    for pass in [true, false] {
+        for k in have.keys().filter(|k| first(k) == pass) {
+            if !want.contains_key(k) {
+                remove(k)?;
+                writes += 1;
+            }
+        }
+    }
+    Ok(writes)
 }
 
 /// Namespace of the services that stand for HostPorts.
@@ -357,99 +397,64 @@ impl AgentState {
     /// `have` has: backends and rev-NAT first, slots before the master entry that
     /// counts them; removals masters first. Returns the number of map writes.
     fn write_lb_diff(&mut self, want: &LbMaps, have: &LbMaps) -> Result<usize, AgentError> {
-        let mut writes = 0;
-        for (id, be) in &want.backends {
-            if have.backends.get(id) != Some(be) {
-                self.datapath.lb_backend_put(*id, *be)?;
-                writes += 1;
-            }
-        }
-        for (id, rn) in &want.revnat {
-            if have.revnat.get(id) != Some(rn) {
-                self.datapath.lb_revnat_put(*id, *rn)?;
-                writes += 1;
-            }
-        }
-        // Slots first, then master entries (which carry the count).
-        for pass_master in [false, true] {
-            for (k, v) in want
-                .services
-                .iter()
-                .filter(|(k, _)| (k.backend_slot == 0) == pass_master)
-            {
-                if have.services.get(k) != Some(v) {
-                    self.datapath.lb_service_put(*k, *v)?;
-                    writes += 1;
-                }
-            }
-        }
-        for pass_master in [true, false] {
-            for k in have
-                .services
-                .keys()
-                .filter(|k| (k.backend_slot == 0) == pass_master)
-            {
-                if !want.services.contains_key(k) {
-                    self.datapath.lb_service_remove(k)?;
-                    writes += 1;
-                }
-            }
-        }
-        for id in have
-            .revnat
-            .keys()
-            .filter(|id| !want.revnat.contains_key(id))
-        {
-            self.datapath.lb_revnat_remove(*id)?;
-            writes += 1;
-        }
-        for id in have
-            .backends
-            .keys()
-            .filter(|id| !want.backends.contains_key(id))
-        {
-            self.datapath.lb_backend_remove(*id)?;
-            writes += 1;
-        }
+        let dp = &mut self.datapath;
+        let slot = |k: &Lb4Key| k.backend_slot != 0;
+        let slot6 = |k: &Lb6Key| k.backend_slot != 0;
+        let mut writes = put_changed(
+            &want.backends,
+            &have.backends,
+            |_| true,
+            |k, v| dp.lb_backend_put(k, v),
+        )?;
+        writes += put_changed(
+            &want.revnat,
+            &have.revnat,
+            |_| true,
+            |k, v| dp.lb_revnat_put(k, v),
+        )?;
+        writes += put_changed(&want.services, &have.services, slot, |k, v| {
+            dp.lb_service_put(k, v)
+        })?;
+        writes += remove_gone(
+            &have.services,
+            &want.services,
+            |k| !slot(k),
+            |k| dp.lb_service_remove(k),
+        )?;
+        writes += remove_gone(
+            &have.revnat,
+            &want.revnat,
+            |_| true,
+            |k| dp.lb_revnat_remove(*k),
+        )?;
+        writes += remove_gone(
+            &have.backends,
+            &want.backends,
+            |_| true,
+            |k| dp.lb_backend_remove(*k),
+        )?;
         // IPv6, in the same order.
-        for (id, be) in &want.backends6 {
-            if have.backends6.get(id) != Some(be) {
-                self.datapath.lb6_backend_put(*id, *be)?;
-                writes += 1;
-            }
-        }
-        for pass_master in [false, true] {
-            for (k, v) in want
-                .services6
-                .iter()
-                .filter(|(k, _)| (k.backend_slot == 0) == pass_master)
-            {
-                if have.services6.get(k) != Some(v) {
-                    self.datapath.lb6_service_put(*k, *v)?;
-                    writes += 1;
-                }
-            }
-        }
-        for pass_master in [true, false] {
-            for k in have
-                .services6
-                .keys()
-                .filter(|k| (k.backend_slot == 0) == pass_master)
-            {
-                if !want.services6.contains_key(k) {
-                    self.datapath.lb6_service_remove(k)?;
-                    writes += 1;
-                }
-            }
-        }
-        for id in have
-            .backends6
-            .keys()
-            .filter(|id| !want.backends6.contains_key(id))
-        {
-            self.datapath.lb6_backend_remove(*id)?;
-            writes += 1;
-        }
+        writes += put_changed(
+            &want.backends6,
+            &have.backends6,
+            |_| true,
+            |k, v| dp.lb6_backend_put(k, v),
+        )?;
+        writes += put_changed(&want.services6, &have.services6, slot6, |k, v| {
+            dp.lb6_service_put(k, v)
+        })?;
+        writes += remove_gone(
+            &have.services6,
+            &want.services6,
+            |k| !slot6(k),
+            |k| dp.lb6_service_remove(k),
+        )?;
+        writes += remove_gone(
+            &have.backends6,
+            &want.backends6,
+            |_| true,
+            |k| dp.lb6_backend_remove(*k),
+        )?;
         Ok(writes)
     }
 

@@ -879,62 +879,74 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
                 affinity_timeout: u32,
                 backends: Vec<String>,
             }
-            let ip = |a: u32| std::net::Ipv4Addr::from(a.to_ne_bytes());
             let proto = |p: u8| match p {
                 6 => "TCP",
                 17 => "UDP",
                 132 => "SCTP",
                 _ => "ANY",
             };
-            let rows: Vec<Row> = m
-                .services
-                .iter()
-                .filter(|(k, _)| k.backend_slot == 0)
-                .map(|(k, v)| {
-                    let slots = m.services.iter().filter(|(s, _)| {
+            // One row per master entry (slot 0), its slots in order; `backend` names a
+            // backend id as `addr:port`, for either family.
+            fn row<'a>(
+                frontend: String,
+                master: &crate::datapath::maps::Lb4Service,
+                slots: impl Iterator<Item = (u16, &'a crate::datapath::maps::Lb4Service)>,
+                backend: impl Fn(u32) -> Option<String>,
+            ) -> Row {
+                Row {
+                    frontend,
+                    rev_nat: master.rev_nat_index,
+                    flags: master.flags,
+                    affinity_timeout: master.backend_id,
+                    backends: slots
+                        .map(|(slot, sv)| match backend(sv.backend_id) {
+                            Some(b) => format!(
+                                "{b} (slot {slot}, id {}{})",
+                                sv.backend_id,
+                                if slot > master.count {
+                                    ", terminating"
+                                } else {
+                                    ""
+                                }
+                            ),
+                            None => format!("missing backend {} (slot {slot})", sv.backend_id),
+                        })
+                        .collect(),
+                }
+            }
+            let scope = |s: u8| if s == 1 { " (internal)" } else { "" };
+            let mut rows: Vec<Row> = Vec::new();
+            for (k, v) in m.services.iter().filter(|(k, _)| k.backend_slot == 0) {
+                let slots = m
+                    .services
+                    .iter()
+                    .filter(|(s, _)| {
                         s.backend_slot > 0
                             && (s.address, s.dport, s.proto, s.scope)
                                 == (k.address, k.dport, k.proto, k.scope)
-                    });
-                    Row {
-                        frontend: format!(
-                            "{}:{}/{}{}",
-                            ip(k.address),
-                            u16::from_be(k.dport),
-                            proto(k.proto),
-                            if k.scope == 1 { " (internal)" } else { "" }
-                        ),
-                        rev_nat: v.rev_nat_index,
-                        flags: v.flags,
-                        affinity_timeout: v.backend_id,
-                        backends: slots
-                            .map(|(s, sv)| match m.backends.get(&sv.backend_id) {
-                                Some(b) => format!(
-                                    "{}:{} (slot {}, id {}{})",
-                                    ip(b.address),
-                                    u16::from_be(b.port),
-                                    s.backend_slot,
-                                    sv.backend_id,
-                                    if s.backend_slot > v.count {
-                                        ", terminating"
-                                    } else {
-                                        ""
-                                    }
-                                ),
-                                None => format!(
-                                    "missing backend {} (slot {})",
-                                    sv.backend_id, s.backend_slot
-                                ),
-                            })
-                            .collect(),
-                    }
-                })
-                .collect();
+                    })
+                    .map(|(s, sv)| (s.backend_slot, sv));
+                let ip = |a: u32| std::net::Ipv4Addr::from(a.to_ne_bytes());
+                rows.push(row(
+                    format!(
+                        "{}:{}/{}{}",
+                        ip(k.address),
+                        u16::from_be(k.dport),
+                        proto(k.proto),
+                        scope(k.scope)
+                    ),
+                    v,
+                    slots,
+                    |id| {
+                        m.backends
+                            .get(&id)
+                            .map(|b| format!("{}:{}", ip(b.address), u16::from_be(b.port)))
+                    },
+                ));
+            }
             // IPv6 frontends (socket LB), the same shape.
-            let ip6 = |a: [u8; 16]| std::net::Ipv6Addr::from(a);
-            let mut rows = rows;
             for (k, v) in m.services6.iter().filter(|(k, _)| k.backend_slot == 0) {
-                let backends = m
+                let slots = m
                     .services6
                     .iter()
                     .filter(|(s, _)| {
@@ -942,38 +954,24 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
                             && (s.address, s.dport, s.proto, s.scope)
                                 == (k.address, k.dport, k.proto, k.scope)
                     })
-                    .map(|(s, sv)| match m.backends6.get(&sv.backend_id) {
-                        Some(b) => format!(
-                            "[{}]:{} (slot {}, id {}{})",
-                            ip6(b.address),
-                            u16::from_be(b.port),
-                            s.backend_slot,
-                            sv.backend_id,
-                            if s.backend_slot > v.count {
-                                ", terminating"
-                            } else {
-                                ""
-                            }
-                        ),
-                        None => format!(
-                            "missing backend {} (slot {})",
-                            sv.backend_id, s.backend_slot
-                        ),
-                    })
-                    .collect();
-                rows.push(Row {
-                    frontend: format!(
+                    .map(|(s, sv)| (s.backend_slot, sv));
+                let ip6 = std::net::Ipv6Addr::from;
+                rows.push(row(
+                    format!(
                         "[{}]:{}/{}{}",
                         ip6(k.address),
                         u16::from_be(k.dport),
                         proto(k.proto),
-                        if k.scope == 1 { " (internal)" } else { "" }
+                        scope(k.scope)
                     ),
-                    rev_nat: v.rev_nat_index,
-                    flags: v.flags,
-                    affinity_timeout: v.backend_id,
-                    backends,
-                });
+                    v,
+                    slots,
+                    |id| {
+                        m.backends6
+                            .get(&id)
+                            .map(|b| format!("[{}]:{}", ip6(b.address), u16::from_be(b.port)))
+                    },
+                ));
             }
             render(output, &rows, || {
                 let mut s = format!("{:<28} {}\n", "SERVICE ADDRESS", "BACKEND ADDRESS (SLOT)");

@@ -840,14 +840,9 @@ pub fn compute_incremental(
     if !part.conflicts.is_empty() || !part.unallocated.is_empty() {
         return None;
     }
-    // Frontends another (unchanged) service holds: its claim decides, in a full run.
+    // A frontend key (any kind: the map key has none) an unchanged service holds: its
+    // claim decides, in a full run.
     for s in &part.services {
-        if let Some(have) = state.service(&s.frontend) {
-            if !changed.contains(&have.service) {
-                return None;
-            }
-        }
-        // The same address:port/protocol/scope as another kind of frontend.
         if state
             .services
             .iter()
