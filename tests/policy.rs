@@ -299,6 +299,7 @@ fn label_change_flips_verdict_within_a_second_and_bad_policy_changes_nothing() {
     assert!(took < Duration::from_secs(1), "verdict flipped in {took:?}");
 
     // A stream whose second document is invalid is rejected whole; enforcement stays.
+    c.settle();
     let rev = c.json(&["status"])["policy_revision"].clone();
     let out = c.apply(
         r#"

@@ -181,21 +181,31 @@ impl LocalCluster {
         child.wait_with_output().expect("waiting for cilium")
     }
 
-    /// Waits until the agent has applied the store's current revision.
+    /// Waits until the agent has applied the store's current revision. The store is
+    /// re-read each time: the agent's own writes (its endpoints, published for other
+    /// nodes) move the revision on after a change.
     pub fn settle(&self) {
-        let want: u64 = std::fs::read_to_string(self.dir().join("store/generation"))
-            .unwrap_or_default()
-            .trim()
-            .parse()
-            .unwrap_or(0);
         let start = std::time::Instant::now();
-        while start.elapsed() < std::time::Duration::from_secs(5) {
-            if self.json(&["status"])["policy_revision"].as_u64() == Some(want) {
+        let mut last = (0, serde_json::Value::Null);
+        while start.elapsed() < std::time::Duration::from_secs(10) {
+            // The agent's revision first, then the store's: caught up only when what the
+            // agent applied is at least what the store holds after it answered.
+            let have = self.json(&["status"])["policy_revision"].clone();
+            let want: u64 = std::fs::read_to_string(self.dir().join("store/generation"))
+                .unwrap_or_default()
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            if have.as_u64().is_some_and(|h| h >= want) {
                 return;
             }
+            last = (want, have);
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        panic!("agent did not reach revision {want}");
+        panic!(
+            "agent did not reach store revision {} (it reports {})",
+            last.0, last.1
+        );
     }
 
     /// Starts a detached pod with labels (k=v,...), optionally on a given node; returns its IPv4.
