@@ -195,6 +195,8 @@ int cil_from_netdev(struct __sk_buff *skb)
 	client_port = l.sport;
 	frontend_port = l.dport;
 	reason = lb4_dnat(skb, &l, client, frontend, svc, &key, MAGLEV_TABLE_SIZE);
+	if (reason == LB_NOT_TRANSLATED)
+		return TC_ACT_OK;
 	if (reason)
 		return drop(skb, reason, METRIC_INGRESS);
 	if (NODE_IPV4) {

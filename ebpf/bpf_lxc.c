@@ -104,6 +104,8 @@ int cil_from_container(struct __sk_buff *skb)
 			if (l4_parse(skb, &nip, &l) < 0)
 				return drop(skb, DROP_INVALID, METRIC_EGRESS);
 			err = lb4_dnat(skb, &l, f.saddr, f.daddr, svc, &lkey, 0);
+			if (err == LB_NOT_TRANSLATED)
+				goto untranslated;
 			if (err)
 				return drop_flow(skb, err, METRIC_EGRESS, self->lxc_id, self->sec_id, 0, &f);
 			translated = 1;
@@ -117,6 +119,7 @@ int cil_from_container(struct __sk_buff *skb)
 				return drop(skb, err, METRIC_EGRESS);
 		}
 	}
+untranslated:
 
 	ct = ct_lookup4(&f, CT_EGRESS, len, &cte);
 	if (translated && cte)
@@ -138,8 +141,18 @@ int cil_from_container(struct __sk_buff *skb)
 
 	dk.ip4 = f.daddr;
 	dst = bpf_map_lookup_elem(&cilium_lxc, &dk);
-	if (dst && !(dst->flags & ENDPOINT_F_HOST))
+	if (dst && !(dst->flags & ENDPOINT_F_HOST)) {
+		/* A reply of a flow the stack delivered goes back the same way: the stack's
+		 * conntrack may have translated it (kube-proxy) and must restore it. */
+		if (ct == CT_REPLY && cte && (cte->flags & CT_F_VIA_STACK)) {
+			update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
+			return TC_ACT_OK;
+		}
+		/* The identity travels in the mark, which also tells cil_to_container
+		 * that this packet came straight from a local pod. */
+		skb->mark = identity_to_mark(self->sec_id);
 		return redirect_to_endpoint(skb, dst, ip4->ttl, METRIC_EGRESS);
+	}
 
 	/* A pod of another node, in tunnel mode: encapsulate with this endpoint's identity
 	 * as VNI and hand the packet straight to the tunnel device. */
@@ -177,7 +190,7 @@ int cil_to_container(struct __sk_buff *skb)
 	__u32 len = skb->len;
 	struct ct_entry *cte = 0;
 	__u32 src_id;
-	int ct, err;
+	int ct, err, from_mark;
 
 	self = lookup_self(skb, &self_ip);
 	if (!self)
@@ -194,6 +207,7 @@ int cil_to_container(struct __sk_buff *skb)
 
 	/* Packets from the overlay carry their source's identity in the mark. */
 	src_id = identity_from_mark(skb->mark);
+	from_mark = src_id != 0;
 	if (!src_id)
 		src_id = ipcache_identity4(f.saddr);
 	else
@@ -211,8 +225,20 @@ int cil_to_container(struct __sk_buff *skb)
 				return drop_flow(skb, policy_drop_reason(verdict), METRIC_INGRESS, self->lxc_id,
 						 src_id, self->sec_id, &f);
 		}
-		if (ct == CT_NEW)
-			ct_create4(&f, CT_INGRESS, src_id, len, 0);
+		if (ct == CT_NEW) {
+			__u16 flags = 0;
+
+			/* From a local pod but not redirected by cil_from_container: the stack
+			 * forwarded it (and may have translated it). */
+			if (!from_mark) {
+				struct endpoint_key sk = { .ip4 = f.saddr };
+				struct endpoint_info *src = bpf_map_lookup_elem(&cilium_lxc, &sk);
+
+				if (src && !(src->flags & ENDPOINT_F_HOST))
+					flags = CT_F_VIA_STACK;
+			}
+			ct_create4(&f, CT_INGRESS, src_id, len, flags);
+		}
 	}
 	/* A reply of a flow translated in from-container gets the service address back;
 	 * conntrack says which flows those are, so other packets skip the lookup. */

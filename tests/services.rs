@@ -478,3 +478,183 @@ fn ipv6_clusterip_tcp_and_udp_over_the_socket_hooks() {
         "an IPv6 service without backends is refused at once: {r}"
     );
 }
+
+/// kube-proxy's rules for one service in its iptables layout, plus a kubelet chain.
+fn kube_proxy_rules(vip: &str, backends: &[&str]) -> String {
+    let mut chains = String::from(
+        "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-WEB - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-KUBELET-CANARY - [0:0]\n",
+    );
+    let mut rules = String::from(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n",
+    );
+    rules += &format!(
+        "-A KUBE-SERVICES -d {vip}/32 -p tcp -m comment --comment \"default/web:p cluster IP\" -m tcp --dport 80 -j KUBE-SVC-WEB\n"
+    );
+    for (j, b) in backends.iter().enumerate() {
+        chains += &format!(":KUBE-SEP-WEB{j} - [0:0]\n");
+        let left = backends.len() - j;
+        if left > 1 {
+            rules += &format!(
+                "-A KUBE-SVC-WEB -m statistic --mode random --probability {:.11} -j KUBE-SEP-WEB{j}\n",
+                1.0 / left as f64
+            );
+        } else {
+            rules += &format!("-A KUBE-SVC-WEB -j KUBE-SEP-WEB{j}\n");
+        }
+        rules += &format!("-A KUBE-SEP-WEB{j} -p tcp -m tcp -j DNAT --to-destination {b}:8080\n");
+    }
+    chains + &rules + "COMMIT\n"
+}
+
+/// iptables-save of the node's nat table.
+fn node_nat(c: &LocalCluster) -> String {
+    let out = in_ns(&c.node_netns(), || {
+        Command::new("iptables-save").args(["-t", "nat"]).output()
+    })
+    .expect("iptables-save (install/deps.sh)");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_node_switches_from_kube_proxy_rules_to_replacement_and_keeps_connections() {
+    if !privileged() {
+        return;
+    }
+    let c = LocalCluster::up_with(
+        "t-svc-kpr",
+        "10.226.0.0/24",
+        &["--kube-proxy-replacement", "false"],
+    );
+    let b1 = c.pod("b1");
+    let b2 = c.pod("b2");
+    c.pod("client");
+    serve_tcp(&c, "b1", 8080, "b1");
+    serve_tcp(&c, "b2", 8080, "b2");
+    c.apply_ok(
+        &[
+            service("web", "10.96.2.10", 80, 8080, "TCP", ""),
+            slice("web", 8080, "TCP", &[&b1, &b2]),
+        ]
+        .concat(),
+    );
+    c.settle();
+    let st = c.json(&["status"]);
+    assert_eq!(st["kube_proxy_replacement"], "False", "{st}");
+    assert_eq!(st["services"], 0, "kube-proxy has the services: {st}");
+
+    // kube-proxy's rules on the node: the service works through iptables.
+    let rules = kube_proxy_rules("10.96.2.10", &[&b1, &b2]);
+    let restored = in_ns(&c.node_netns(), || {
+        let mut p = Command::new("iptables-restore")
+            .arg("--noflush")
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("iptables-restore (install/deps.sh)");
+        p.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+        p.wait().unwrap()
+    });
+    assert!(restored.success());
+    assert_eq!(
+        probe(&c, "client", &["tcp", "10.96.2.10:80"])["ok"],
+        true,
+        "the service answers through kube-proxy's rules"
+    );
+
+    // A long-lived connection kube-proxy translated.
+    let mut socat = Command::new(BIN)
+        .args([
+            "local",
+            "exec",
+            "--cluster",
+            &c.name,
+            "client",
+            "--",
+            "socat",
+            "-",
+            "TCP:10.96.2.10:80",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = socat.stdin.take().unwrap();
+    // Lines the connection receives, read on a thread so a stalled connection fails
+    // the test in seconds, not after TCP's retransmissions give up.
+    let mut out = BufReader::new(socat.stdout.take().unwrap());
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while out.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            if tx.send(line.trim().to_string()).is_err() {
+                break;
+            }
+            line.clear();
+        }
+    });
+    let next = || lines.recv_timeout(std::time::Duration::from_secs(5));
+    let owner = next().expect("greeting through kube-proxy's rules");
+    assert!(owner == "b1" || owner == "b2", "greeting {owner:?}");
+
+    // The switch: the agent restarts replacing kube-proxy and removes its chains.
+    ok(&[
+        "local",
+        "restart-agent",
+        "--cluster",
+        &c.name,
+        "--kube-proxy-replacement",
+        "true",
+    ]);
+    c.settle();
+    let st = c.json(&["status"]);
+    assert!(
+        st["kube_proxy_replacement"]
+            .as_str()
+            .unwrap()
+            .starts_with("True"),
+        "{st}"
+    );
+    assert_eq!(st["kube_proxy_chains"], 0, "{st}");
+    assert!(st["services"].as_u64().unwrap() >= 1, "{st}");
+    let nat = node_nat(&c);
+    assert!(
+        !nat.contains("KUBE-SERVICES") && !nat.contains("KUBE-SVC") && !nat.contains("KUBE-SEP"),
+        "kube-proxy's chains are gone:\n{nat}"
+    );
+    assert!(
+        nat.contains(":KUBE-KUBELET-CANARY"),
+        "kubelet's chain stays:\n{nat}"
+    );
+
+    // The existing connection continues, to the same backend.
+    for i in 0..5 {
+        stdin.write_all(format!("after {i}\n").as_bytes()).unwrap();
+        assert_eq!(
+            next().map_err(|e| format!("no echo within 5 s: {e}")),
+            Ok(format!("{owner}:after {i}")),
+            "the connection opened through kube-proxy survives the switch"
+        );
+    }
+    // New connections go through the socket load balancer, to both backends.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..16 {
+        let r = probe(&c, "client", &["tcp", "10.96.2.10:80"]);
+        seen.insert(
+            r["response"]
+                .as_str()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        seen,
+        ["b1".to_string(), "b2".to_string()].into(),
+        "new connections spread over the backends"
+    );
+    drop(stdin);
+    let _ = socat.kill();
+    let _ = socat.wait();
+}

@@ -18,7 +18,11 @@ struct l4 {
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
+	__u8 tcp_flags; /* TCP: FIN=1 SYN=2 RST=4 ACK=16 */
 };
+
+/* lb4_dnat's answer for a packet it leaves untranslated (see there). */
+#define LB_NOT_TRANSLATED -1
 
 static __always_inline int l4_parse(struct __sk_buff *skb, struct iphdr **ip, struct l4 *l)
 {
@@ -42,10 +46,17 @@ static __always_inline int l4_parse(struct __sk_buff *skb, struct iphdr **ip, st
 	l->sport = ports[0];
 	l->dport = ports[1];
 	l->proto = ip4->protocol;
-	if (l->proto == IPPROTO_TCP)
+	l->tcp_flags = 0;
+	if (l->proto == IPPROTO_TCP) {
+		__u8 *th = (void *)ports;
+
+		if ((void *)(th + 20) > data_end)
+			return -1;
 		l->csum_off = l->off + 16;
-	else
+		l->tcp_flags = th[13];
+	} else {
 		l->csum_off = ports[3] ? l->off + 6 : 0;
+	}
 	*ip = ip4;
 	return 0;
 }
@@ -109,7 +120,11 @@ static __always_inline struct lb4_service *lb4_frontend_int(__be32 daddr, __be16
 }
 
 /* Chooses (or recalls, per flow) the backend of `svc` for a client flow and DNATs the
- * packet to it. `maglev_size` 0 picks a random slot. Returns 0, or a drop reason. */
+ * packet to it. `maglev_size` 0 picks a random slot. Returns 0, a drop reason, or
+ * LB_NOT_TRANSLATED for a TCP packet other than a SYN of a flow this datapath never
+ * translated: a connection opened before it balanced the service (kube-proxy's, while
+ * a node migrates to kube-proxy replacement), which the stack's conntrack keeps
+ * translating. Choosing a backend for it would reset the connection. */
 static __always_inline int lb4_dnat(struct __sk_buff *skb, struct l4 *l, __be32 saddr, __be32 daddr,
 				    struct lb4_service *svc, struct lb4_key *key, __u32 maglev_size)
 {
@@ -128,6 +143,8 @@ static __always_inline int lb4_dnat(struct __sk_buff *skb, struct l4 *l, __be32 
 	} else {
 		__u32 *id = 0;
 
+		if (l->proto == IPPROTO_TCP && !(l->tcp_flags & 0x02 /* SYN */))
+			return LB_NOT_TRANSLATED;
 		if (svc->count == 0)
 			return 158; /* Service backend not found */
 		if (maglev_size) {

@@ -192,8 +192,10 @@ pub const MAPPED: &[Mapped] = &[
         flag: "cgroup_root",
         allowed: || "true, false".into(),
         apply: |c, v, dir| {
-            c.cgroup_root = boolean(v)?
-                .then(|| PathBuf::from(dir.get("cgroup-root").unwrap_or(DEFAULT_CGROUP_ROOT)));
+            let on = boolean(v)?;
+            c.cgroup_root =
+                on.then(|| PathBuf::from(dir.get("cgroup-root").unwrap_or(DEFAULT_CGROUP_ROOT)));
+            c.kube_proxy_replacement.get_or_insert(on);
             Ok(())
         },
     },

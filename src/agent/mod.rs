@@ -8,6 +8,7 @@ pub mod events;
 pub mod identity;
 pub mod identity_k8s;
 pub mod ipam;
+pub mod kube_proxy;
 pub mod models;
 pub mod regen;
 pub mod services;
@@ -92,6 +93,12 @@ pub struct AgentConfig {
     /// objects in the Kubernetes API; client configuration in-cluster or kubeconfig).
     #[arg(long, value_enum, default_value = "local")]
     pub identity_allocation_mode: IdentityAllocationMode,
+    /// Replace kube-proxy: socket-level and per-packet service load balancing and
+    /// NodePort, and kube-proxy's iptables chains on the node are removed. `false`
+    /// leaves services to kube-proxy (the LB maps stay empty, no socket LB). Default:
+    /// on when --cgroup-root or --devices is given.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub kube_proxy_replacement: Option<bool>,
     /// cgroup v2 directory whose sockets get socket-level load balancing
     /// (kube-proxy replacement); never the machine's root cgroup in tests.
     #[arg(long)]
@@ -116,6 +123,14 @@ pub struct AgentConfig {
     /// Debug logging (unless --log-level is given).
     #[arg(long)]
     pub debug: bool,
+}
+
+impl AgentConfig {
+    /// Whether this agent replaces kube-proxy (see --kube-proxy-replacement).
+    pub fn kube_proxy_replacement(&self) -> bool {
+        self.kube_proxy_replacement
+            .unwrap_or(self.cgroup_root.is_some() || !self.devices.is_empty())
+    }
 }
 
 fn parse_maglev_size(s: &str) -> Result<u32, String> {
@@ -251,6 +266,8 @@ pub struct AgentState {
     pub mtu: u32,
     /// Where the next read of the store's journal starts.
     pub journal_offset: u64,
+    /// kube-proxy's iptables chains left on the node (None: iptables not inspectable).
+    pub kube_proxy_chains: Option<usize>,
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
@@ -320,6 +337,7 @@ impl AgentState {
             tunnel_link: tunnel.as_ref().map(|l| l.index),
             mtu,
             journal_offset: 0,
+            kube_proxy_chains: None,
         };
         st.setup_host().await?;
         if let Some(t) = &tunnel {
@@ -353,14 +371,46 @@ impl AgentState {
                 st.node_ips.push(ip);
             }
         }
-        if let Some(cg) = st.config.cgroup_root.clone() {
-            st.datapath.attach_cgroup(&cg)?;
-            info!(cgroup = %cg.display(), "socket load balancer attached");
+        // The socket programs are attached afresh each start (a restarted agent's new
+        // programs replace the old ones; connections opened in between are translated
+        // per packet by bpf_lxc), or removed when kube-proxy handles services.
+        st.datapath.detach_cgroup()?;
+        match (
+            st.config.cgroup_root.clone(),
+            st.config.kube_proxy_replacement(),
+        ) {
+            (Some(cg), true) => {
+                st.datapath.attach_cgroup(&cg)?;
+                info!(cgroup = %cg.display(), "socket load balancer attached");
+            }
+            (Some(_), false) => info!("kube-proxy replacement off: no socket load balancer"),
+            _ => {}
         }
+        st.kube_proxy_chains = st.sync_kube_proxy_chains();
         st.restore().await?;
         st.adopt_maps()?;
         st.regenerate().await?;
         Ok(st)
+    }
+
+    /// With kube-proxy replacement on, removes kube-proxy's iptables chains from the
+    /// node (kube-proxy must be gone from it, or it re-adds them); returns how many
+    /// remain. None when iptables cannot be inspected here (no iptables binaries).
+    pub fn sync_kube_proxy_chains(&self) -> Option<usize> {
+        if self.config.kube_proxy_replacement() {
+            match kube_proxy::remove_chains() {
+                Ok(0) => {}
+                Ok(n) => info!(chains = n, "kube-proxy's iptables chains removed"),
+                Err(e) => warn!(error = %e, "removing kube-proxy's iptables chains"),
+            }
+        }
+        match kube_proxy::count_chains() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot inspect iptables");
+                None
+            }
+        }
     }
 
     /// cilium_host/cilium_net: a veth pair owning the router (gateway) address, as in Cilium.
@@ -671,7 +721,9 @@ impl AgentState {
             endpoints: self.endpoints.len(),
             ipam_used: self.ipam.v4.used(),
             bpf_root: self.config.bpf_root.display().to_string(),
+            kube_proxy_chains: self.kube_proxy_chains,
             kube_proxy_replacement: match (self.config.cgroup_root.is_some(), self.config.devices.is_empty()) {
+                _ if !self.config.kube_proxy_replacement() => "False".into(),
                 (true, false) => format!(
                     "True [socket LB (TCP, UDP, affinity); NodePort on {} (Maglev {}, SNAT to remote backends)]",
                     self.config.devices.join(","),
@@ -715,6 +767,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let shared: Shared = Arc::new(Mutex::new(state));
     tokio::spawn(watch_store(shared.clone()));
     tokio::spawn(ct_gc(shared.clone(), gc_every));
+    tokio::spawn(kube_proxy_chains(shared.clone()));
     if let Some(listener) = health {
         api::serve_health(shared.clone(), listener);
     }
@@ -740,6 +793,18 @@ async fn watch_store(state: Shared) {
                 st.policy.generation = Some(gen);
             }
         }
+    }
+}
+
+/// Keeps kube-proxy's iptables chains off the node while replacing it (they come
+/// back if kube-proxy still runs there: logged each time) and the count current.
+async fn kube_proxy_chains(state: Shared) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tick.tick().await; // the first tick is immediate: the start already did this
+    loop {
+        tick.tick().await;
+        let mut st = state.lock().await;
+        st.kube_proxy_chains = st.sync_kube_proxy_chains();
     }
 }
 

@@ -154,6 +154,10 @@ pub struct StatusResponse {
     pub mtu: u32,
     #[serde(default)]
     pub policy_revision: u64,
+    /// kube-proxy's iptables chains on the node (0 once replaced; absent when the
+    /// agent cannot inspect iptables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_proxy_chains: Option<usize>,
     #[serde(default)]
     pub policy_enforcement: String,
     /// Duration of the last regeneration (store -> identities, policy, services -> maps).

@@ -278,14 +278,26 @@ impl AgentState {
             node_ips: &node_ips,
             // NodePort is on with the socket LB (pods and the node reach any node's
             // address) or with NodePort devices (traffic from outside).
-            nodeport_enabled: !self.config.devices.is_empty() || self.config.cgroup_root.is_some(),
+            nodeport_enabled: self.config.kube_proxy_replacement(),
         };
-        let (hp_services, hp_slices) = self.host_port_services(&node_ips);
-        let state = if hp_services.is_empty() {
-            compute(&snap.services, &snap.slices, &node, self.lb.state.as_ref())
+        // Without kube-proxy replacement the node's kube-proxy (iptables) handles
+        // services; the LB maps stay empty.
+        let kpr = self.config.kube_proxy_replacement();
+        let (snap_services, snap_slices) = if kpr {
+            (&snap.services[..], &snap.slices[..])
         } else {
-            let services: Vec<_> = snap.services.iter().cloned().chain(hp_services).collect();
-            let slices: Vec<_> = snap.slices.iter().cloned().chain(hp_slices).collect();
+            (&[][..], &[][..])
+        };
+        let (hp_services, hp_slices) = if kpr {
+            self.host_port_services(&node_ips)
+        } else {
+            Default::default()
+        };
+        let state = if hp_services.is_empty() {
+            compute(snap_services, snap_slices, &node, self.lb.state.as_ref())
+        } else {
+            let services: Vec<_> = snap_services.iter().cloned().chain(hp_services).collect();
+            let slices: Vec<_> = snap_slices.iter().cloned().chain(hp_slices).collect();
             compute(&services, &slices, &node, self.lb.state.as_ref())
         };
         let want = desired_maps(&state);
@@ -465,6 +477,9 @@ impl AgentState {
         &mut self,
         keys: &std::collections::BTreeSet<(String, String)>,
     ) -> Result<Option<usize>, AgentError> {
+        if !self.config.kube_proxy_replacement() {
+            return Ok(Some(0)); // kube-proxy handles services
+        }
         let (Some(store), Some(mut state)) = (&self.store, self.lb.state.take()) else {
             return Ok(None);
         };
@@ -473,7 +488,7 @@ impl AgentState {
         let node = NodeView {
             node_name: &self.config.node_name,
             node_ips: &node_ips,
-            nodeport_enabled: !self.config.devices.is_empty() || self.config.cgroup_root.is_some(),
+            nodeport_enabled: self.config.kube_proxy_replacement(),
         };
         let Some(delta) = crate::lb::state::compute_incremental(
             &mut state,

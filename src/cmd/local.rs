@@ -52,6 +52,13 @@ pub struct NodeSpec {
     pub routing: RoutingMode,
     #[serde(default = "default_tunnel_protocol")]
     pub tunnel_protocol: TunnelProtocol,
+    /// The agent's --kube-proxy-replacement.
+    #[serde(default = "default_true")]
+    pub kube_proxy_replacement: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_routing() -> RoutingMode {
@@ -342,6 +349,7 @@ pub struct UpOptions {
     pub timeout: Duration,
     pub routing: RoutingMode,
     pub tunnel_protocol: TunnelProtocol,
+    pub kube_proxy_replacement: bool,
 }
 
 /// Splits the pod CIDR pool over the nodes: the whole pool for one node, a /24 each
@@ -436,6 +444,7 @@ async fn up_inner(opts: &UpOptions, dir: &Path) -> Result<Cluster> {
             devices,
             routing: opts.routing,
             tunnel_protocol: opts.tunnel_protocol,
+            kube_proxy_replacement: opts.kube_proxy_replacement,
         });
     }
     // Written before the agents start so `down` finds everything even if a start fails.
@@ -709,6 +718,10 @@ pub fn start_agent(node: &NodeSpec) -> Result<u32> {
         })
         .arg("--tunnel-protocol")
         .arg(node.tunnel_protocol.name())
+        .arg(format!(
+            "--kube-proxy-replacement={}",
+            node.kube_proxy_replacement
+        ))
         .args(if node.devices.is_empty() {
             vec![]
         } else {
@@ -758,7 +771,12 @@ fn log_tail(path: &Path, n: usize) -> String {
 }
 
 /// Restarts (or starts) a node's agent; used after a stop to check adoption.
-pub async fn restart_agent(cluster_name: &str, node: Option<&str>, stop_only: bool) -> Result<()> {
+pub async fn restart_agent(
+    cluster_name: &str,
+    node: Option<&str>,
+    stop_only: bool,
+    kube_proxy_replacement: Option<bool>,
+) -> Result<()> {
     let mut cluster = Cluster::load(cluster_name)?;
     let idx = {
         let n = cluster.node(node)?;
@@ -772,6 +790,9 @@ pub async fn restart_agent(cluster_name: &str, node: Option<&str>, stop_only: bo
         stop_pid(pid, Duration::from_secs(10));
     }
     cluster.nodes[idx].agent_pid = None;
+    if let Some(kpr) = kube_proxy_replacement {
+        cluster.nodes[idx].kube_proxy_replacement = kpr;
+    }
     if !stop_only {
         let pid = start_agent(&cluster.nodes[idx])?;
         cluster.nodes[idx].agent_pid = Some(pid);

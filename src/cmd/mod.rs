@@ -344,6 +344,10 @@ enum LocalCmd {
         /// Encapsulation in tunnel mode
         #[arg(long, value_enum, default_value = "vxlan")]
         tunnel_protocol: crate::datapath::link::TunnelProtocol,
+        /// Whether the agents replace kube-proxy (socket and per-packet service load
+        /// balancing); `false` leaves services to iptables rules, as with kube-proxy
+        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+        kube_proxy_replacement: bool,
         /// How long to wait for the agents
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
@@ -436,6 +440,10 @@ enum LocalCmd {
         /// Only stop it
         #[arg(long)]
         stop: bool,
+        /// Restart it with kube-proxy replacement on or off (kept for later restarts);
+        /// turning it on removes kube-proxy's iptables chains from the node
+        #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+        kube_proxy_replacement: Option<bool>,
     },
 }
 
@@ -1205,6 +1213,7 @@ fn run_local(cmd: LocalCmd) -> Result<i32> {
             nodes,
             routing,
             tunnel_protocol,
+            kube_proxy_replacement,
             timeout,
         } => {
             let start = std::time::Instant::now();
@@ -1215,6 +1224,7 @@ fn run_local(cmd: LocalCmd) -> Result<i32> {
                 timeout,
                 routing,
                 tunnel_protocol,
+                kube_proxy_replacement,
             }))?;
             let list: Vec<String> = c
                 .nodes
@@ -1368,8 +1378,18 @@ fn run_local(cmd: LocalCmd) -> Result<i32> {
             println!("pod {pod} removed");
             Ok(0)
         }
-        LocalCmd::RestartAgent { c, node, stop } => {
-            rt.block_on(local::restart_agent(&c.cluster, node.as_deref(), stop))?;
+        LocalCmd::RestartAgent {
+            c,
+            node,
+            stop,
+            kube_proxy_replacement,
+        } => {
+            rt.block_on(local::restart_agent(
+                &c.cluster,
+                node.as_deref(),
+                stop,
+                kube_proxy_replacement,
+            ))?;
             println!("agent {}", if stop { "stopped" } else { "restarted" });
             Ok(0)
         }

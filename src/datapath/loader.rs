@@ -298,6 +298,25 @@ impl Datapath {
 
     /// Attaches the socket load balancer to a cgroup v2 directory with pinned links.
     /// Links pinned by an earlier agent stay (they share the pinned maps).
+    /// Detaches the socket programs (their pinned links) from wherever a previous run
+    /// attached them.
+    pub fn detach_cgroup(&mut self) -> Result<()> {
+        for name in SOCK_PROGRAMS {
+            let pin = self.root.join("links").join(format!("cgroup_{name}"));
+            match std::fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(DatapathError::Dir {
+                        path: pin.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
         for name in SOCK_PROGRAMS {
             let pin = self.root.join("links").join(format!("cgroup_{name}"));

@@ -49,12 +49,19 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     pub fn up(name: &str, pod_cidr: &str) -> Self {
+        Self::up_with(name, pod_cidr, &[])
+    }
+
+    /// `up` with more `cilium local up` flags.
+    pub fn up_with(name: &str, pod_cidr: &str, flags: &[&str]) -> Self {
         // A leftover of an interrupted earlier run goes first.
         let _ = cilium(&["local", "down", "--name", name]);
         let c = LocalCluster {
             name: name.to_string(),
         };
-        ok(&["local", "up", "--name", name, "--pod-cidr", pod_cidr]);
+        let mut args = vec!["local", "up", "--name", name, "--pod-cidr", pod_cidr];
+        args.extend_from_slice(flags);
+        ok(&args);
         c
     }
 
