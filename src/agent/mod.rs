@@ -11,6 +11,7 @@ pub mod ipam;
 pub mod models;
 pub mod regen;
 pub mod services;
+pub mod source;
 pub mod store;
 
 use std::{
@@ -179,6 +180,8 @@ pub enum AgentError {
     Identity(#[from] identity::IdentityError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -238,7 +241,8 @@ pub struct AgentState {
     pub netlink: Netlink,
     pub started: Instant,
     pub allocator: Box<dyn identity::IdentityAllocator>,
-    pub store: Option<store::Store>,
+    /// Where cluster objects come from (the local store, the Kubernetes API), if anywhere.
+    pub source: Option<Arc<dyn source::Source>>,
     pub policy: regen::PolicyState,
     pub lb: services::LbProgrammed,
     /// IPv4 addresses of the node devices (NodePort frontends).
@@ -249,8 +253,6 @@ pub struct AgentState {
     pub tunnel_link: Option<u32>,
     /// MTU of pod links.
     pub mtu: u32,
-    /// Where the next read of the store's journal starts.
-    pub journal_offset: u64,
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
@@ -261,6 +263,16 @@ const NET_DEV: &str = "cilium_net";
 impl AgentState {
     /// Loads the datapath, sets up the node's host device and adopts persisted endpoints.
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
+        Self::start_with(config, None, None).await
+    }
+
+    /// As [`Self::start`], reading cluster objects from `source` (else from `--store`,
+    /// if given).
+    pub async fn start_with(
+        config: AgentConfig,
+        source: Option<Arc<dyn source::Source>>,
+        kube_config: Option<kube::Config>,
+    ) -> Result<Self, AgentError> {
         let ipam = Ipam::new(config.pod_cidr, config.pod_cidr_v6)?;
         let endpoints = Endpoints::open(&config.state_dir)?;
         let netlink = Netlink::connect()?;
@@ -292,18 +304,22 @@ impl AgentState {
         {
             IdentityAllocationMode::Local => Box::new(identity::FileAllocator::new(&id_dir)?),
             IdentityAllocationMode::Crd => {
-                let kube_config = kube::Config::infer()
-                    .await
-                    .map_err(identity::IdentityError::KubeConfig)?;
+                let kube_config = match kube_config {
+                    Some(c) => c,
+                    None => kube::Config::infer()
+                        .await
+                        .map_err(identity::IdentityError::KubeConfig)?,
+                };
                 info!(server = %kube_config.cluster_url, "identities are CiliumIdentity objects");
                 Box::new(identity_k8s::K8sIdentityAllocator::new(kube_config)?)
             }
         };
-        let store = config
-            .store
-            .as_deref()
-            .map(store::Store::open)
-            .transpose()?;
+        let source = match (source, config.store.as_deref()) {
+            (Some(s), _) => Some(s),
+            (None, Some(dir)) => Some(Arc::new(source::StoreSource::new(store::Store::open(dir)?))
+                as Arc<dyn source::Source>),
+            (None, None) => None,
+        };
         let mut st = Self {
             config,
             ipam,
@@ -312,14 +328,13 @@ impl AgentState {
             netlink,
             started: Instant::now(),
             allocator,
-            store,
+            source,
             policy: Default::default(),
             lb: Default::default(),
             node_ips: Vec::new(),
             underlay_link: underlay.as_ref().map(|l| l.index),
             tunnel_link: tunnel.as_ref().map(|l| l.index),
             mtu,
-            journal_offset: 0,
         };
         st.setup_host().await?;
         if let Some(t) = &tunnel {
@@ -423,19 +438,19 @@ impl AgentState {
         Ok(())
     }
 
-    /// Announces this node in the store (CiliumNode).
+    /// Announces this node through the source (CiliumNode).
     async fn announce_node(&mut self) -> Result<(), AgentError> {
-        let Some(ip) = self.config.node_ip else {
-            return Ok(());
-        };
-        if let Some(store) = &self.store {
-            store.put_node(&store::NodeObject {
+        if let Some(source) = &self.source {
+            source.publish_node(&source::OwnNode {
                 name: self.config.node_name.clone(),
-                ip,
+                ip: self.config.node_ip,
                 pod_cidr: self.config.pod_cidr,
+                router: self.ipam.router_v4(),
             })?;
         }
-        info!(node_ip = %ip, "node announced");
+        if let Some(ip) = self.config.node_ip {
+            info!(node_ip = %ip, "node announced");
+        }
         Ok(())
     }
 
@@ -730,7 +745,7 @@ async fn watch_store(state: Shared) {
     loop {
         tick.tick().await;
         let mut st = state.lock().await;
-        let Some(gen) = st.store.as_ref().map(|s| s.generation()) else {
+        let Some(gen) = st.source.as_ref().map(|s| s.generation()) else {
             return;
         };
         if st.policy.generation != Some(gen) {
