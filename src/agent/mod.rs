@@ -9,9 +9,11 @@ pub mod identity;
 pub mod identity_k8s;
 pub mod ipam;
 pub mod models;
+pub mod publish_k8s;
 pub mod regen;
 pub mod services;
 pub mod source;
+pub mod source_k8s;
 pub mod store;
 
 use std::{
@@ -81,9 +83,31 @@ pub struct AgentConfig {
     /// Policy enforcement: default (when a policy selects the endpoint), always, never.
     #[arg(long, value_enum, default_value = "default")]
     pub enable_policy: PolicyMode,
-    /// Local store of pods, namespaces and policies to watch (local mode).
+    /// Local store of pods, namespaces and policies to watch (local mode). Without it,
+    /// the agent watches the Kubernetes API when any of --k8s-kubeconfig-path,
+    /// --k8s-api-server, k8s-service-host (config directory) or KUBERNETES_SERVICE_HOST
+    /// (set in every pod) is there; otherwise it runs alone (no cluster objects).
     #[arg(long)]
     pub store: Option<PathBuf>,
+    /// Kubernetes mode: the kubeconfig to use (default: the pod's service account).
+    #[arg(long, value_name = "FILE")]
+    pub k8s_kubeconfig_path: Option<PathBuf>,
+    /// Kubernetes mode: the API server, as https://HOST:PORT or HOST:PORT (overrides
+    /// the kubeconfig's and the in-cluster address).
+    #[arg(long, value_name = "URL")]
+    pub k8s_api_server: Option<String>,
+    /// Kubernetes mode: the API server's host as nodes reach it without kube-proxy
+    /// (Cilium's k8s-service-host; --k8s-api-server wins).
+    #[arg(long, value_name = "HOST")]
+    pub k8s_service_host: Option<String>,
+    /// Kubernetes mode: the API server's port with --k8s-service-host (default 443).
+    #[arg(long, value_name = "PORT")]
+    pub k8s_service_port: Option<u16>,
+    /// Kubernetes mode: where the node's pod CIDR comes from (`cluster-pool`: the
+    /// operator's CiliumNode spec.ipam.podCIDRs; `kubernetes`: Node.spec.podCIDR);
+    /// --pod-cidr is not used then.
+    #[arg(long, value_enum, default_value = "cluster-pool")]
+    pub ipam: publish_k8s::IpamMode,
     /// Directory of the identity allocator shared by the cluster's agents
     /// (default: <state-dir>/identities; `local` identity allocation mode).
     #[arg(long)]
@@ -722,7 +746,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         0 => None,
         port => Some(api::bind_health(port).await?),
     };
-    let mut state = AgentState::start(config).await?;
+    let (config, source, kube_config) = connect(config).await?;
+    let mut state = AgentState::start_with(config, source, kube_config).await?;
     info!(node = %state.config.node_name, cidr = %state.config.pod_cidr, endpoints = state.endpoints.len(), "agent started");
     let ring = state.datapath.take_events()?;
     let events = events::spawn_reader(ring)?;
@@ -736,6 +761,58 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     api::serve(shared, events, &socket).await?;
     info!("agent stopped; the datapath keeps forwarding");
     Ok(())
+}
+
+/// In Kubernetes mode (see [`AgentConfig::store`]): the client, this node's CiliumNode
+/// and pod CIDR ([`publish_k8s::bootstrap_node`]), the watchers synced. The config comes
+/// back with the pod CIDR and node address learnt.
+async fn connect(
+    mut config: AgentConfig,
+) -> anyhow::Result<(
+    AgentConfig,
+    Option<Arc<dyn source::Source>>,
+    Option<kube::Config>,
+)> {
+    let flags = source_k8s::ClientFlags {
+        kubeconfig: config.k8s_kubeconfig_path.clone(),
+        api_server: config.k8s_api_server.clone(),
+        service_host: config.k8s_service_host.clone(),
+        service_port: config.k8s_service_port,
+    };
+    if config.store.is_some() {
+        if flags.kubeconfig.is_some() || flags.api_server.is_some() {
+            anyhow::bail!("--store (local mode) and --k8s-kubeconfig-path/--k8s-api-server (Kubernetes mode) exclude each other: give one");
+        }
+        return Ok((config, None, None));
+    }
+    if !flags.wanted() {
+        return Ok((config, None, None));
+    }
+    let kube_config = flags.config().await?;
+    info!(server = %kube_config.cluster_url, node = %config.node_name, ipam = ?config.ipam, "Kubernetes mode");
+    let client = kube::Client::try_from(kube_config.clone())
+        .map_err(|e| anyhow::anyhow!("building the Kubernetes client: {e}"))?;
+    let setup = publish_k8s::bootstrap_node(
+        &client,
+        &publish_k8s::BootstrapOptions {
+            node_name: config.node_name.clone(),
+            node_ip: config.node_ip,
+            ipam: config.ipam,
+            poll: std::time::Duration::from_secs(2),
+        },
+    )
+    .await?;
+    config.pod_cidr = setup.pod_cidr;
+    config.node_ip = setup.ip;
+    let src = source_k8s::K8sSource::start(
+        client,
+        source_k8s::K8sSourceOptions {
+            node_name: config.node_name.clone(),
+            ipam: config.ipam,
+        },
+    );
+    src.wait_synced().await;
+    Ok((config, Some(Arc::new(src)), Some(kube_config)))
 }
 
 /// Applies store changes whenever its generation changes (polled every 20 ms: one
