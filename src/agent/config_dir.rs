@@ -490,6 +490,9 @@ mod tests {
                 ("socket-path", "/run/x.sock"),
                 ("conntrack-gc-interval", "1m30s"),
                 ("identity-allocation-mode", "crd"),
+                ("ipam", "kubernetes"),
+                ("k8s-service-host", "192.0.2.1"),
+                ("k8s-service-port", "6443"),
             ],
         );
         assert_eq!(c.routing_mode, RoutingMode::Native);
@@ -505,7 +508,10 @@ mod tests {
         assert_eq!(c.health_port, 9999);
         assert_eq!(c.socket, PathBuf::from("/run/x.sock"));
         assert_eq!(c.ct_gc_interval, 90);
-        assert_eq!(a.applied.len(), 14);
+        assert_eq!(c.ipam, crate::agent::publish_k8s::IpamMode::Kubernetes);
+        assert_eq!(c.k8s_service_host.as_deref(), Some("192.0.2.1"));
+        assert_eq!(c.k8s_service_port, Some(6443));
+        assert_eq!(a.applied.len(), 17);
         assert!(a.overridden.is_empty() && a.unknown.is_empty());
     }
 

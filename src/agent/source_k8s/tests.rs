@@ -793,3 +793,46 @@ async fn agent_memory_figure() {
         "synced in {synced_after:?}; first snapshot {snapshot_time:?} (parses everything); next {warm:?}"
     );
 }
+
+#[test]
+fn the_api_server_address_comes_from_the_flag_then_the_config_dir() {
+    let flags = |api: Option<&str>, host: Option<&str>, port: Option<u16>| ClientFlags {
+        kubeconfig: None,
+        api_server: api.map(str::to_string),
+        service_host: host.map(str::to_string),
+        service_port: port,
+    };
+    let url = |f: ClientFlags| f.server_override().expect("valid").map(|u| u.to_string());
+    assert_eq!(url(flags(None, None, None)), None);
+    assert_eq!(
+        url(flags(None, Some("10.0.0.1"), Some(6443))).as_deref(),
+        Some("https://10.0.0.1:6443/")
+    );
+    assert_eq!(
+        url(flags(None, Some("fd00::1"), None)).as_deref(),
+        Some("https://[fd00::1]:443/")
+    );
+    assert_eq!(
+        url(flags(Some("api.example:6443"), Some("10.0.0.1"), None)).as_deref(),
+        Some("https://api.example:6443/")
+    );
+    assert_eq!(
+        url(flags(Some("http://127.0.0.1:8001"), None, None)).as_deref(),
+        Some("http://127.0.0.1:8001/")
+    );
+    let err = flags(Some("https://bad host"), None, None)
+        .server_override()
+        .expect_err("not a URL");
+    assert!(err.to_string().contains("--k8s-api-server"), "{err}");
+    assert!(flags(Some("x:1"), None, None).wanted());
+}
+
+#[tokio::test]
+async fn a_bad_kubeconfig_names_the_flag() {
+    let f = ClientFlags {
+        kubeconfig: Some("/nonexistent/kubeconfig".into()),
+        ..Default::default()
+    };
+    let err = f.config().await.expect_err("no such file");
+    assert!(err.to_string().contains("--k8s-kubeconfig-path"), "{err}");
+}
