@@ -230,6 +230,42 @@ pub const MAPPED: &[Mapped] = &[
         },
     },
     Mapped {
+        key: "ipam",
+        flag: "ipam",
+        allowed: variants::<super::publish_k8s::IpamMode>,
+        apply: |c, v, _| enum_value(v).map(|m| c.ipam = m),
+    },
+    Mapped {
+        key: "k8s-service-host",
+        flag: "k8s_service_host",
+        allowed: || "a host name or IP address (empty: the in-cluster address)".into(),
+        apply: |c, v, _| {
+            if v.contains(['/', ' ']) {
+                return Err(String::new());
+            }
+            c.k8s_service_host = (!v.is_empty()).then(|| v.to_string());
+            Ok(())
+        },
+    },
+    Mapped {
+        key: "k8s-service-port",
+        flag: "k8s_service_port",
+        allowed: || "a TCP port 1-65535 (empty: 443)".into(),
+        apply: |c, v, _| {
+            c.k8s_service_port = match v {
+                "" => None,
+                v => Some(number::<u16>(v).and_then(|p| {
+                    if p == 0 {
+                        Err(String::new())
+                    } else {
+                        Ok(p)
+                    }
+                })?),
+            };
+            Ok(())
+        },
+    },
+    Mapped {
         key: "conntrack-gc-interval",
         flag: "ct_gc_interval",
         allowed: || "0s (the default interval) or a duration like 30s, 5m, 1h".into(),
@@ -251,18 +287,15 @@ pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
         "identities carry no cluster name (no cluster mesh)",
     ),
     ("cluster-id", "no cluster mesh"),
-    ("ipam", "the node's pod CIDR is --pod-cidr (no operator)"),
     (
         "cluster-pool-ipv4-cidr",
-        "the node's pod CIDR is --pod-cidr",
+        "the operator's option: the agent takes its CIDR from its CiliumNode",
     ),
     (
         "cluster-pool-ipv4-mask-size",
-        "the node's pod CIDR is --pod-cidr",
+        "the operator's option: the agent takes its CIDR from its CiliumNode",
     ),
     ("ipv4-native-routing-cidr", "no masquerading"),
-    ("k8s-service-host", "no Kubernetes API client yet"),
-    ("k8s-service-port", "no Kubernetes API client yet"),
     (
         "bpf-map-dynamic-size-ratio",
         "map sizes are fixed in the eBPF objects",
@@ -459,6 +492,9 @@ mod tests {
                 ("socket-path", "/run/x.sock"),
                 ("conntrack-gc-interval", "1m30s"),
                 ("identity-allocation-mode", "crd"),
+                ("ipam", "kubernetes"),
+                ("k8s-service-host", "192.0.2.1"),
+                ("k8s-service-port", "6443"),
             ],
         );
         assert_eq!(c.routing_mode, RoutingMode::Native);
@@ -474,7 +510,10 @@ mod tests {
         assert_eq!(c.health_port, 9999);
         assert_eq!(c.socket, PathBuf::from("/run/x.sock"));
         assert_eq!(c.ct_gc_interval, 90);
-        assert_eq!(a.applied.len(), 14);
+        assert_eq!(c.ipam, crate::agent::publish_k8s::IpamMode::Kubernetes);
+        assert_eq!(c.k8s_service_host.as_deref(), Some("192.0.2.1"));
+        assert_eq!(c.k8s_service_port, Some(6443));
+        assert_eq!(a.applied.len(), 17);
         assert!(a.overridden.is_empty() && a.unknown.is_empty());
     }
 

@@ -10,8 +10,11 @@ pub mod identity_k8s;
 pub mod ipam;
 pub mod kube_proxy;
 pub mod models;
+pub mod publish_k8s;
 pub mod regen;
 pub mod services;
+pub mod source;
+pub mod source_k8s;
 pub mod store;
 
 use std::{
@@ -81,9 +84,31 @@ pub struct AgentConfig {
     /// Policy enforcement: default (when a policy selects the endpoint), always, never.
     #[arg(long, value_enum, default_value = "default")]
     pub enable_policy: PolicyMode,
-    /// Local store of pods, namespaces and policies to watch (local mode).
+    /// Local store of pods, namespaces and policies to watch (local mode). Without it,
+    /// the agent watches the Kubernetes API when any of --k8s-kubeconfig-path,
+    /// --k8s-api-server, k8s-service-host (config directory) or KUBERNETES_SERVICE_HOST
+    /// (set in every pod) is there; otherwise it runs alone (no cluster objects).
     #[arg(long)]
     pub store: Option<PathBuf>,
+    /// Kubernetes mode: the kubeconfig to use (default: the pod's service account).
+    #[arg(long, value_name = "FILE")]
+    pub k8s_kubeconfig_path: Option<PathBuf>,
+    /// Kubernetes mode: the API server, as https://HOST:PORT or HOST:PORT (overrides
+    /// the kubeconfig's and the in-cluster address).
+    #[arg(long, value_name = "URL")]
+    pub k8s_api_server: Option<String>,
+    /// Kubernetes mode: the API server's host as nodes reach it without kube-proxy
+    /// (Cilium's k8s-service-host; --k8s-api-server wins).
+    #[arg(long, value_name = "HOST")]
+    pub k8s_service_host: Option<String>,
+    /// Kubernetes mode: the API server's port with --k8s-service-host (default 443).
+    #[arg(long, value_name = "PORT")]
+    pub k8s_service_port: Option<u16>,
+    /// Kubernetes mode: where the node's pod CIDR comes from (`cluster-pool`: the
+    /// operator's CiliumNode spec.ipam.podCIDRs; `kubernetes`: Node.spec.podCIDR);
+    /// --pod-cidr is not used then.
+    #[arg(long, value_enum, default_value = "cluster-pool")]
+    pub ipam: publish_k8s::IpamMode,
     /// Directory of the identity allocator shared by the cluster's agents
     /// (default: <state-dir>/identities; `local` identity allocation mode).
     #[arg(long)]
@@ -194,6 +219,8 @@ pub enum AgentError {
     Identity(#[from] identity::IdentityError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -253,7 +280,8 @@ pub struct AgentState {
     pub netlink: Netlink,
     pub started: Instant,
     pub allocator: Box<dyn identity::IdentityAllocator>,
-    pub store: Option<store::Store>,
+    /// Where cluster objects come from (the local store, the Kubernetes API), if anywhere.
+    pub source: Option<Arc<dyn source::Source>>,
     pub policy: regen::PolicyState,
     pub lb: services::LbProgrammed,
     /// IPv4 addresses of the node devices (NodePort frontends).
@@ -264,8 +292,6 @@ pub struct AgentState {
     pub tunnel_link: Option<u32>,
     /// MTU of pod links.
     pub mtu: u32,
-    /// Where the next read of the store's journal starts.
-    pub journal_offset: u64,
     /// kube-proxy's iptables chains left on the node (None: iptables not inspectable).
     pub kube_proxy_chains: Option<usize>,
 }
@@ -278,6 +304,16 @@ const NET_DEV: &str = "cilium_net";
 impl AgentState {
     /// Loads the datapath, sets up the node's host device and adopts persisted endpoints.
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
+        Self::start_with(config, None, None).await
+    }
+
+    /// As [`Self::start`], reading cluster objects from `source` (else from `--store`,
+    /// if given).
+    pub async fn start_with(
+        config: AgentConfig,
+        source: Option<Arc<dyn source::Source>>,
+        kube_config: Option<kube::Config>,
+    ) -> Result<Self, AgentError> {
         let ipam = Ipam::new(config.pod_cidr, config.pod_cidr_v6)?;
         let endpoints = Endpoints::open(&config.state_dir)?;
         let netlink = Netlink::connect()?;
@@ -309,18 +345,22 @@ impl AgentState {
         {
             IdentityAllocationMode::Local => Box::new(identity::FileAllocator::new(&id_dir)?),
             IdentityAllocationMode::Crd => {
-                let kube_config = kube::Config::infer()
-                    .await
-                    .map_err(identity::IdentityError::KubeConfig)?;
+                let kube_config = match kube_config {
+                    Some(c) => c,
+                    None => kube::Config::infer()
+                        .await
+                        .map_err(identity::IdentityError::KubeConfig)?,
+                };
                 info!(server = %kube_config.cluster_url, "identities are CiliumIdentity objects");
                 Box::new(identity_k8s::K8sIdentityAllocator::new(kube_config)?)
             }
         };
-        let store = config
-            .store
-            .as_deref()
-            .map(store::Store::open)
-            .transpose()?;
+        let source = match (source, config.store.as_deref()) {
+            (Some(s), _) => Some(s),
+            (None, Some(dir)) => Some(Arc::new(source::StoreSource::new(store::Store::open(dir)?))
+                as Arc<dyn source::Source>),
+            (None, None) => None,
+        };
         let mut st = Self {
             config,
             ipam,
@@ -329,14 +369,13 @@ impl AgentState {
             netlink,
             started: Instant::now(),
             allocator,
-            store,
+            source,
             policy: Default::default(),
             lb: Default::default(),
             node_ips: Vec::new(),
             underlay_link: underlay.as_ref().map(|l| l.index),
             tunnel_link: tunnel.as_ref().map(|l| l.index),
             mtu,
-            journal_offset: 0,
             kube_proxy_chains: None,
         };
         st.setup_host().await?;
@@ -473,19 +512,19 @@ impl AgentState {
         Ok(())
     }
 
-    /// Announces this node in the store (CiliumNode).
+    /// Announces this node through the source (CiliumNode).
     async fn announce_node(&mut self) -> Result<(), AgentError> {
-        let Some(ip) = self.config.node_ip else {
-            return Ok(());
-        };
-        if let Some(store) = &self.store {
-            store.put_node(&store::NodeObject {
+        if let Some(source) = &self.source {
+            source.publish_node(&source::OwnNode {
                 name: self.config.node_name.clone(),
-                ip,
+                ip: self.config.node_ip,
                 pod_cidr: self.config.pod_cidr,
+                router: self.ipam.router_v4(),
             })?;
         }
-        info!(node_ip = %ip, "node announced");
+        if let Some(ip) = self.config.node_ip {
+            info!(node_ip = %ip, "node announced");
+        }
         Ok(())
     }
 
@@ -759,7 +798,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         0 => None,
         port => Some(api::bind_health(port).await?),
     };
-    let mut state = AgentState::start(config).await?;
+    let (config, source, kube_config) = connect(config).await?;
+    let mut state = AgentState::start_with(config, source, kube_config).await?;
     info!(node = %state.config.node_name, cidr = %state.config.pod_cidr, endpoints = state.endpoints.len(), "agent started");
     let ring = state.datapath.take_events()?;
     let events = events::spawn_reader(ring)?;
@@ -776,6 +816,58 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// In Kubernetes mode (see [`AgentConfig::store`]): the client, this node's CiliumNode
+/// and pod CIDR ([`publish_k8s::bootstrap_node`]), the watchers synced. The config comes
+/// back with the pod CIDR and node address learnt.
+async fn connect(
+    mut config: AgentConfig,
+) -> anyhow::Result<(
+    AgentConfig,
+    Option<Arc<dyn source::Source>>,
+    Option<kube::Config>,
+)> {
+    let flags = source_k8s::ClientFlags {
+        kubeconfig: config.k8s_kubeconfig_path.clone(),
+        api_server: config.k8s_api_server.clone(),
+        service_host: config.k8s_service_host.clone(),
+        service_port: config.k8s_service_port,
+    };
+    if config.store.is_some() {
+        if flags.kubeconfig.is_some() || flags.api_server.is_some() {
+            anyhow::bail!("--store (local mode) and --k8s-kubeconfig-path/--k8s-api-server (Kubernetes mode) exclude each other: give one");
+        }
+        return Ok((config, None, None));
+    }
+    if !flags.wanted() {
+        return Ok((config, None, None));
+    }
+    let kube_config = flags.config().await?;
+    info!(server = %kube_config.cluster_url, node = %config.node_name, ipam = ?config.ipam, "Kubernetes mode");
+    let client = kube::Client::try_from(kube_config.clone())
+        .map_err(|e| anyhow::anyhow!("building the Kubernetes client: {e}"))?;
+    let setup = publish_k8s::bootstrap_node(
+        &client,
+        &publish_k8s::BootstrapOptions {
+            node_name: config.node_name.clone(),
+            node_ip: config.node_ip,
+            ipam: config.ipam,
+            poll: std::time::Duration::from_secs(2),
+        },
+    )
+    .await?;
+    config.pod_cidr = setup.pod_cidr;
+    config.node_ip = setup.ip;
+    let src = source_k8s::K8sSource::start(
+        client,
+        source_k8s::K8sSourceOptions {
+            node_name: config.node_name.clone(),
+            ipam: config.ipam,
+        },
+    );
+    src.wait_synced().await;
+    Ok((config, Some(Arc::new(src)), Some(kube_config)))
+}
+
 /// Applies store changes whenever its generation changes (polled every 20 ms: one
 /// small file read).
 async fn watch_store(state: Shared) {
@@ -783,7 +875,7 @@ async fn watch_store(state: Shared) {
     loop {
         tick.tick().await;
         let mut st = state.lock().await;
-        let Some(gen) = st.store.as_ref().map(|s| s.generation()) else {
+        let Some(gen) = st.source.as_ref().map(|s| s.generation()) else {
             return;
         };
         if st.policy.generation != Some(gen) {
@@ -804,7 +896,11 @@ async fn kube_proxy_chains(state: Shared) {
     loop {
         tick.tick().await;
         let mut st = state.lock().await;
-        st.kube_proxy_chains = st.sync_kube_proxy_chains();
+        let n = st.sync_kube_proxy_chains();
+        if n != st.kube_proxy_chains {
+            st.kube_proxy_chains = n;
+            st.publish_status();
+        }
     }
 }
 

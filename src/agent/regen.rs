@@ -11,7 +11,10 @@ use ipnet::{IpNet, Ipv4Net};
 use tracing::{debug, info, warn};
 
 use super::{
-    identity::LOCAL_IDENTITY_FLAG, models::Endpoint, store::Snapshot, AgentError, AgentState,
+    identity::LOCAL_IDENTITY_FLAG,
+    models::Endpoint,
+    source::{Changes, LocalEndpoint, NodeStatus, Snapshot},
+    AgentError, AgentState,
 };
 use crate::{
     datapath::{
@@ -43,7 +46,7 @@ pub struct PolicyState {
     /// Routes to other nodes' pod CIDRs: CIDR -> node address.
     pub node_routes: BTreeMap<Ipv4Net, Ipv4Addr>,
     /// What this node last published of its endpoints.
-    pub published: Option<Vec<crate::agent::store::RemoteEndpoint>>,
+    pub published: Option<Vec<LocalEndpoint>>,
     /// How long the last regeneration took.
     pub last_regeneration: std::time::Duration,
     /// Identities this node holds a reference on, by labels.
@@ -110,45 +113,48 @@ impl AgentState {
     /// services) regenerates everything.
     pub async fn apply_store_changes(&mut self) -> Result<(), AgentError> {
         let started = std::time::Instant::now();
-        let (Some(store), Some(since)) = (&self.store, self.policy.generation) else {
+        let (Some(source), Some(since)) = (&self.source, self.policy.generation) else {
             return self.regenerate().await;
         };
-        let Some(ch) = store.changes_since(since, self.journal_offset) else {
-            return self.regenerate().await;
-        };
-        self.journal_offset = ch.offset;
-        let t_journal = started.elapsed();
-        let fast = !ch.files.is_empty() && store.only_services(&ch.files);
-        if fast {
-            let keys = store.refresh_services(&ch.files)?;
-            let t_refresh = started.elapsed();
-            if let Some(keys) = keys {
-                if let Some(writes) = self.regenerate_services_incremental(&keys)? {
-                    self.policy.generation = Some(ch.generation);
-                    self.policy.regenerations += 1;
-                    self.policy.last_regeneration = started.elapsed();
-                    info!(
-                        writes,
-                        generation = ch.generation,
-                        services = keys.len(),
-                        journal_ms = t_journal.as_secs_f64() * 1e3,
-                        read_ms = (t_refresh - t_journal).as_secs_f64() * 1e3,
-                        total_ms = self.policy.last_regeneration.as_secs_f64() * 1e3,
-                        "services reprogrammed"
-                    );
-                    return Ok(());
-                }
+        let changes = source.changes_since(since)?;
+        let t_changes = started.elapsed();
+        if let Changes::Services { generation, keys } = changes {
+            if let Some(writes) = self.regenerate_services_incremental(&keys)? {
+                self.policy.generation = Some(generation);
+                self.policy.regenerations += 1;
+                self.policy.last_regeneration = started.elapsed();
+                self.publish_status();
+                info!(
+                    writes,
+                    generation,
+                    services = keys.len(),
+                    changes_ms = t_changes.as_secs_f64() * 1e3,
+                    total_ms = self.policy.last_regeneration.as_secs_f64() * 1e3,
+                    "services reprogrammed"
+                );
+                return Ok(());
             }
         }
         self.regenerate().await
+    }
+
+    /// Publishes datapath facts of this node through the source (no-op for the store).
+    pub fn publish_status(&self) {
+        if let Some(source) = &self.source {
+            source.publish_status(&NodeStatus {
+                kube_proxy_replacement: self.config.kube_proxy_replacement(),
+                services: self.lb.state.as_ref().map_or(0, |s| s.services.len()),
+                kube_proxy_chains: self.kube_proxy_chains,
+            });
+        }
     }
 
     /// Recomputes identities, ipcache and policy from the store and the endpoints,
     /// and applies the difference to the maps.
     pub async fn regenerate(&mut self) -> Result<(), AgentError> {
         let started = std::time::Instant::now();
-        let snap = match &self.store {
-            Some(store) => store.snapshot()?,
+        let snap = match &self.source {
+            Some(source) => source.snapshot()?,
             None => Snapshot::default(),
         };
         let t_snapshot = started.elapsed();
@@ -413,6 +419,7 @@ impl AgentState {
         self.policy.generation = Some(snap.generation);
         self.policy.regenerations += 1;
         self.publish_endpoints()?;
+        self.publish_status();
         self.policy.last_regeneration = started.elapsed();
         if writes > 0 {
             info!(
@@ -481,19 +488,22 @@ impl AgentState {
 
     /// Publishes this node's endpoints (address, identity) for the other nodes' ipcache.
     fn publish_endpoints(&mut self) -> Result<(), AgentError> {
-        let Some(store) = &self.store else {
+        let Some(source) = &self.source else {
             return Ok(());
         };
-        let eps: Vec<crate::agent::store::RemoteEndpoint> = self
+        let eps: Vec<LocalEndpoint> = self
             .endpoints
             .list()
-            .map(|e| crate::agent::store::RemoteEndpoint {
+            .map(|e| LocalEndpoint {
+                id: e.id,
                 ip: e.ipv4,
                 identity: e.identity,
+                namespace: e.k8s_namespace.clone(),
+                pod: e.k8s_pod_name.clone(),
             })
             .collect();
         if self.policy.published.as_ref() != Some(&eps) {
-            store.put_endpoints(&self.config.node_name, &eps)?;
+            source.publish_endpoints(&self.config.node_name, &eps)?;
             self.policy.published = Some(eps);
         }
         Ok(())

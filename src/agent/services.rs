@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use tracing::info;
 
-use super::{store::Snapshot, AgentError, AgentState};
+use super::{source::Snapshot, AgentError, AgentState};
 use crate::{
     datapath::{
         loader::{DatapathError, LbMaps},
@@ -480,10 +480,10 @@ impl AgentState {
         if !self.config.kube_proxy_replacement() {
             return Ok(Some(0)); // kube-proxy handles services
         }
-        let (Some(store), Some(mut state)) = (&self.store, self.lb.state.take()) else {
+        let (Some(source), Some(mut state)) = (&self.source, self.lb.state.take()) else {
             return Ok(None);
         };
-        let (services, slices) = store.services_for(keys);
+        let (services, slices) = source.services_for(keys);
         let node_ips: Vec<IpAddr> = self.node_ips.iter().map(|a| IpAddr::V4(*a)).collect();
         let node = NodeView {
             node_name: &self.config.node_name,

@@ -4,16 +4,24 @@
 //! create, the status subresource splitting spec and status writes), records every
 //! request (method, path, body, and the RBAC verb/group/resource it needs), and can be
 //! told to fail the next matching request or to store an object just before it (a
-//! concurrent writer). Lists honour equality-based label selectors (`k=v,k2==v2`).
+//! concurrent writer). Lists and watches honour equality-based label selectors
+//! (`k=v,k2==v2`) and field selectors (`spec.nodeName=n`, `!=` too).
+//!
+//! Watches (`?watch=true&resourceVersion=N`) stream newline-delimited WatchEvents over a
+//! chunked response: every change after N to a matching object, then each later change
+//! as it happens, until `timeoutSeconds`. A resourceVersion older than the event log
+//! (after [`FakeApi::compact`]) gets an ERROR event with a 410 Expired Status, as the API
+//! server answers; no bookmarks. [`FakeApi::set_down`] makes the double an API server
+//! that is away: every request fails with 503 and open watches end.
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
 };
 
 use axum::{
-    body::Bytes,
+    body::{Body, Bytes},
     extract::State,
-    http::{Method, StatusCode, Uri},
+    http::{HeaderMap, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     Router,
 };
@@ -26,6 +34,8 @@ pub struct Recorded {
     pub path: String,
     pub query: String,
     pub body: Value,
+    /// The Content-Type header (`application/apply-patch+yaml` for server-side apply).
+    pub content_type: String,
     /// RBAC verb: get, list, watch, create, update, patch, delete, deletecollection.
     pub verb: String,
     pub group: String,
@@ -47,6 +57,14 @@ struct Inner {
     /// (method, path suffix, object key, object): stored just before the next matching
     /// request is handled, as if another client had written it first.
     inserts: Vec<(String, String, Key, Value)>,
+    /// Every change: (resourceVersion, ADDED|MODIFIED|DELETED, key, object).
+    events: Vec<(u64, &'static str, Key, Value)>,
+    /// Watches from a resourceVersion at or below this one get 410 Expired.
+    compacted: u64,
+    /// The API server is away: requests fail with 503, watches end.
+    down: bool,
+    /// Tells open watches that something happened (the latest resourceVersion).
+    changed: Option<tokio::sync::watch::Sender<u64>>,
 }
 
 #[derive(Clone, Default)]
@@ -153,13 +171,164 @@ fn selector_of(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Field selector terms of a query (`fieldSelector=spec.nodeName=n,metadata.name!=x`):
+/// (path, value, equal).
+fn field_selector_of(query: &str) -> Vec<(String, String, bool)> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    pairs
+        .iter()
+        .filter(|(k, _)| k == "fieldSelector")
+        .flat_map(|(_, sel)| sel.split(','))
+        .filter(|t| !t.is_empty())
+        .filter_map(|t| {
+            let (k, v, eq) = match t.split_once("!=") {
+                Some((k, v)) => (k, v, false),
+                None => {
+                    let (k, v) = t.split_once('=')?;
+                    (k, v.trim_start_matches('='), true)
+                }
+            };
+            Some((k.trim().to_string(), v.trim().to_string(), eq))
+        })
+        .collect()
+}
+
+/// Whether `v` matches the label and field selectors of `query`.
+fn selected(v: &Value, query: &str) -> bool {
+    let labels = selector_of(query)
+        .iter()
+        .all(|(k, want)| v["metadata"]["labels"][k].as_str() == Some(want));
+    let fields = field_selector_of(query).iter().all(|(path, want, eq)| {
+        let ptr = format!("/{}", path.replace('.', "/"));
+        let have = v.pointer(&ptr).and_then(Value::as_str).unwrap_or("");
+        (have == want) == *eq
+    });
+    labels && fields
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// What an open watch streams: changes of its resource after `rv`.
+struct WatchState {
+    shared: Shared,
+    group: String,
+    resource: String,
+    namespace: Option<String>,
+    query: String,
+    rv: u64,
+    rx: tokio::sync::watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+    done: bool,
+}
+
+impl WatchState {
+    /// The next chunk of events (one JSON line each), waiting for one; None at the end.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if self.done {
+                return None;
+            }
+            {
+                let st = self.shared.lock();
+                if st.down {
+                    return None;
+                }
+                self.rx.borrow_and_update();
+                if self.rv < st.compacted {
+                    self.done = true;
+                    let line = json!({"type": "ERROR", "object": {
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "Expired", "code": 410,
+                        "message": format!("too old resource version: {} ({})", self.rv, st.compacted),
+                    }});
+                    return Some(Bytes::from(format!("{line}\n")));
+                }
+                let mut out = String::new();
+                for (rv, kind, (g, r, ns, _), obj) in &st.events {
+                    if *rv <= self.rv || *g != self.group || *r != self.resource {
+                        continue;
+                    }
+                    if self.namespace.is_some() && *ns != self.namespace {
+                        continue;
+                    }
+                    if !selected(obj, &self.query) {
+                        continue;
+                    }
+                    out.push_str(&json!({"type": kind, "object": obj}).to_string());
+                    out.push('\n');
+                }
+                if let Some((rv, ..)) = st.events.last() {
+                    self.rv = self.rv.max(*rv);
+                }
+                if !out.is_empty() {
+                    return Some(Bytes::from(out));
+                }
+            }
+            match tokio::time::timeout_at(self.deadline, self.rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+fn watch_response(shared: Shared, p: &Parsed, query: &str) -> Response {
+    let rx = {
+        let mut st = shared.lock();
+        let latest = st.rv;
+        st.changed
+            .get_or_insert_with(|| tokio::sync::watch::channel(latest).0)
+            .subscribe()
+    };
+    let rv = query_param(query, "resourceVersion")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| shared.lock().rv);
+    let timeout = query_param(query, "timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(300u64);
+    let state = WatchState {
+        shared,
+        group: p.group.clone(),
+        resource: p.resource.clone(),
+        namespace: p.namespace.clone(),
+        query: query.to_string(),
+        rv,
+        rx,
+        deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(timeout),
+        done: false,
+    };
+    let stream = futures::stream::unfold(state, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), s))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| status(500, "InternalError", "building the watch response"))
+}
+
 fn rv_of(v: &Value) -> Option<String> {
     v.pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .map(str::to_string)
 }
 
-async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn handle(
+    State(sh): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let path = uri.path().to_string();
     let query = uri.query().unwrap_or("").to_string();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -187,12 +356,20 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
         path: path.clone(),
         query: query.clone(),
         body: body.clone(),
+        content_type: content_type.clone(),
         verb: verb.into(),
         group: p.group.clone(),
         resource,
         namespace: p.namespace.clone(),
         name: p.name.clone(),
     });
+    if st.down {
+        return status(
+            503,
+            "ServiceUnavailable",
+            "the API server is away (FakeApi::set_down)",
+        );
+    }
     if let Some(i) = st
         .failures
         .iter()
@@ -222,9 +399,13 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
             name.to_string(),
         )
     };
+    let is_apply = content_type.starts_with("application/apply-patch");
     match (method, p.name.clone()) {
+        (Method::GET, None) if verb == "watch" => {
+            drop(st);
+            watch_response(sh.clone(), &p, &query)
+        }
         (Method::GET, None) => {
-            let selector = selector_of(&query);
             let items: Vec<Value> = st
                 .objects
                 .iter()
@@ -233,11 +414,7 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
                         && *r == p.resource
                         && (p.namespace.is_none() || *ns == p.namespace)
                 })
-                .filter(|(_, v)| {
-                    selector
-                        .iter()
-                        .all(|(k, want)| v["metadata"]["labels"][k].as_str() == Some(want))
-                })
+                .filter(|(_, v)| selected(v, &query))
                 .map(|(_, v)| v.clone())
                 .collect();
             let kind = items
@@ -259,7 +436,14 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
                 &format!("{} {name:?} not found", p.resource),
             ),
         },
-        (Method::POST, _) => {
+        (m @ (Method::POST | Method::PATCH), name)
+            if m == Method::POST
+                || (is_apply
+                    && name
+                        .as_ref()
+                        .is_some_and(|n| !st.objects.contains_key(&key(n)))) =>
+        {
+            // Create; server-side apply creates a missing object too.
             let Some(name) = body
                 .pointer("/metadata/name")
                 .and_then(Value::as_str)
@@ -267,6 +451,9 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
             else {
                 return status(422, "Invalid", "metadata.name is required");
             };
+            if m == Method::PATCH && Some(&name) != p.name.as_ref() {
+                return status(422, "Invalid", "metadata.name does not match the path");
+            }
             if st.objects.contains_key(&key(&name)) {
                 return status(409, "AlreadyExists", &format!("{name:?} already exists"));
             }
@@ -283,6 +470,7 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
                 }}),
             );
             st.objects.insert(key(&name), obj.clone());
+            st.event(rv, "ADDED", key(&name), &obj);
             ok(StatusCode::CREATED, &obj)
         }
         (m @ (Method::PUT | Method::PATCH), Some(name)) => {
@@ -326,6 +514,8 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
             st.rv += 1;
             next["metadata"]["resourceVersion"] = json!(st.rv.to_string());
             st.objects.insert(key(&name), next.clone());
+            let rv = st.rv;
+            st.event(rv, "MODIFIED", key(&name), &next);
             ok(StatusCode::OK, &next)
         }
         (Method::DELETE, Some(name)) => {
@@ -343,6 +533,9 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
                 return status(409, "Conflict", "precondition failed");
             }
             st.objects.remove(&key(&name));
+            st.rv += 1;
+            let rv = st.rv;
+            st.event(rv, "DELETED", key(&name), &current);
             ok(StatusCode::OK, &current)
         }
         _ => status(405, "MethodNotAllowed", "not supported by the double"),
@@ -372,7 +565,26 @@ impl Inner {
         if meta["creationTimestamp"].is_null() {
             obj["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
         }
+        let kind = if self.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.event(rv, kind, key.clone(), &obj);
         self.objects.insert(key, obj);
+    }
+
+    /// Logs a change for watches and wakes them.
+    fn event(&mut self, rv: u64, kind: &'static str, key: Key, obj: &Value) {
+        self.events.push((rv, kind, key, obj.clone()));
+        self.wake();
+    }
+
+    fn wake(&mut self) {
+        let rv = self.rv;
+        if let Some(tx) = &self.changed {
+            tx.send_replace(rv);
+        }
     }
 }
 
@@ -430,14 +642,36 @@ impl FakeApi {
             .push((method.into(), path_suffix.into(), key, obj));
     }
 
-    /// Removes an object directly (not recorded).
+    /// Removes an object directly (not recorded; watches see it deleted).
     pub fn remove(&self, group: &str, resource: &str, namespace: Option<&str>, name: &str) {
-        self.shared.lock().objects.remove(&(
+        let mut st = self.shared.lock();
+        let key = (
             group.into(),
             resource.into(),
             namespace.map(str::to_string),
             name.into(),
-        ));
+        );
+        if let Some(obj) = st.objects.remove(&key) {
+            st.rv += 1;
+            let rv = st.rv;
+            st.event(rv, "DELETED", key, &obj);
+        }
+    }
+
+    /// The API server goes away (`true`: every request fails with 503, open watches
+    /// end) or comes back (`false`). Objects stay, and may change meanwhile.
+    pub fn set_down(&self, down: bool) {
+        let mut st = self.shared.lock();
+        st.down = down;
+        st.wake();
+    }
+
+    /// Forgets the event log up to now: a watch from an older resourceVersion gets 410
+    /// Expired and its client must list again.
+    pub fn compact(&self) {
+        let mut st = self.shared.lock();
+        st.compacted = st.rv;
+        st.events.clear();
     }
 
     pub fn get(

@@ -18,46 +18,103 @@ const FULL: &[&str] = &[
     "get", "list", "watch", "create", "update", "patch", "delete",
 ];
 
-/// What the agent (DaemonSet `cilium`, ServiceAccount `cilium`) may do.
+const WATCH: &[&str] = &["list", "watch"];
+
+/// What the agent (DaemonSet `cilium`, ServiceAccount `cilium`) may do: exactly the
+/// calls of [`AGENT_CALLS`] (a test checks both ways).
 pub const AGENT_RULES: &[Rule] = &[
-    // Pods, namespaces and nodes: labels -> identities, pod CIDRs, node addresses;
-    // services: load balancing.
+    // The Kubernetes source's watchers (src/agent/source_k8s.rs): pods of this node,
+    // namespaces -> labels and identities; services and endpoint slices -> load
+    // balancing; policies.
     Rule {
         api_groups: &[""],
-        resources: &["pods", "namespaces", "nodes", "services"],
-        verbs: READ,
+        resources: &["pods", "namespaces", "services"],
+        verbs: WATCH,
+    },
+    // This node's Node object: its InternalIP and (ipam kubernetes) its pod CIDR.
+    Rule {
+        api_groups: &[""],
+        resources: &["nodes"],
+        verbs: &["get"],
     },
     Rule {
         api_groups: &["discovery.k8s.io"],
         resources: &["endpointslices"],
-        verbs: READ,
+        verbs: WATCH,
     },
     Rule {
         api_groups: &["networking.k8s.io"],
         resources: &["networkpolicies"],
-        verbs: READ,
-    },
-    // The agent writes its own node, its endpoints and the identities it allocates.
-    Rule {
-        api_groups: &["cilium.io"],
-        resources: &[
-            "ciliumendpoints",
-            "ciliumnodes",
-            "ciliumnodes/status",
-            "ciliumidentities",
-        ],
-        verbs: FULL,
+        verbs: WATCH,
     },
     Rule {
         api_groups: &["cilium.io"],
-        resources: &[
-            "ciliumnetworkpolicies",
-            "ciliumclusterwidenetworkpolicies",
-            "ciliumnodeconfigs",
-        ],
-        verbs: READ,
+        resources: &["ciliumnetworkpolicies", "ciliumclusterwidenetworkpolicies"],
+        verbs: WATCH,
+    },
+    // The agent applies its own CiliumNode (server-side apply: patch, and create when
+    // the object is new) and reads the others (routes, tunnel endpoints).
+    Rule {
+        api_groups: &["cilium.io"],
+        resources: &["ciliumnodes"],
+        verbs: &["get", "list", "watch", "create", "patch"],
+    },
+    // Its endpoints, applied and deleted; the other nodes' endpoints -> ipcache.
+    Rule {
+        api_groups: &["cilium.io"],
+        resources: &["ciliumendpoints"],
+        verbs: &["list", "watch", "create", "patch", "delete"],
+    },
+    // The identities it allocates (src/agent/identity_k8s.rs); the operator deletes them.
+    Rule {
+        api_groups: &["cilium.io"],
+        resources: &["ciliumidentities"],
+        verbs: &["get", "list", "create"],
     },
 ];
+
+/// Every call the agent makes, as (group, resource, verb): the Kubernetes source's
+/// watchers, the publication of its CiliumNode and CiliumEndpoints
+/// (src/agent/publish_k8s.rs, server-side apply: a patch that creates a missing object,
+/// which the API server authorizes as create too) and the CiliumIdentity allocator. The
+/// API-double tests check that every request they see is listed here.
+pub const AGENT_CALLS: &[(&str, &str, &str)] = &[
+    ("", "pods", "list"),
+    ("", "pods", "watch"),
+    ("", "namespaces", "list"),
+    ("", "namespaces", "watch"),
+    ("", "services", "list"),
+    ("", "services", "watch"),
+    ("", "nodes", "get"),
+    ("discovery.k8s.io", "endpointslices", "list"),
+    ("discovery.k8s.io", "endpointslices", "watch"),
+    ("networking.k8s.io", "networkpolicies", "list"),
+    ("networking.k8s.io", "networkpolicies", "watch"),
+    ("cilium.io", "ciliumnetworkpolicies", "list"),
+    ("cilium.io", "ciliumnetworkpolicies", "watch"),
+    ("cilium.io", "ciliumclusterwidenetworkpolicies", "list"),
+    ("cilium.io", "ciliumclusterwidenetworkpolicies", "watch"),
+    ("cilium.io", "ciliumnodes", "get"),
+    ("cilium.io", "ciliumnodes", "list"),
+    ("cilium.io", "ciliumnodes", "watch"),
+    ("cilium.io", "ciliumnodes", "patch"),
+    ("cilium.io", "ciliumnodes", "create"),
+    ("cilium.io", "ciliumendpoints", "list"),
+    ("cilium.io", "ciliumendpoints", "watch"),
+    ("cilium.io", "ciliumendpoints", "patch"),
+    ("cilium.io", "ciliumendpoints", "create"),
+    ("cilium.io", "ciliumendpoints", "delete"),
+    ("cilium.io", "ciliumidentities", "get"),
+    ("cilium.io", "ciliumidentities", "list"),
+    ("cilium.io", "ciliumidentities", "create"),
+];
+
+/// Whether `(group, resource, verb)` is one of the agent's listed calls.
+pub fn agent_calls(group: &str, resource: &str, verb: &str) -> bool {
+    AGENT_CALLS
+        .iter()
+        .any(|(g, r, v)| *g == group && *r == resource && *v == verb)
+}
 
 /// What the operator (Deployment `cilium-operator`, ServiceAccount `cilium-operator`) may do.
 pub const OPERATOR_RULES: &[Rule] = &[
@@ -122,7 +179,8 @@ mod tests {
             "ciliumnetworkpolicies",
             "update"
         ));
-        assert!(allows(
+        assert!(allows(AGENT_RULES, "cilium.io", "ciliumnodes", "patch"));
+        assert!(!allows(
             AGENT_RULES,
             "cilium.io",
             "ciliumnodes/status",
@@ -130,6 +188,26 @@ mod tests {
         ));
         assert!(!allows(AGENT_RULES, "", "secrets", "get"));
         assert!(!allows(AGENT_RULES, "", "pods", "delete"));
+    }
+
+    /// Every grant is a call the agent makes, and every call is granted.
+    #[test]
+    fn agent_rules_are_exactly_its_calls() {
+        for (g, r, v) in AGENT_CALLS {
+            assert!(allows(AGENT_RULES, g, r, v), "{v} {g}/{r} is not granted");
+        }
+        for rule in AGENT_RULES {
+            for g in rule.api_groups {
+                for r in rule.resources {
+                    for v in rule.verbs {
+                        assert!(
+                            agent_calls(g, r, v),
+                            "{v} {g}/{r} is granted but the agent never calls it"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::k8s::{
     fake_api::{FakeApi, Recorded},
-    rbac::{allows, AGENT_RULES},
+    rbac::{agent_calls, allows, AGENT_RULES},
 };
 
 const IDS: &str = "/apis/cilium.io/v2/ciliumidentities";
@@ -50,6 +50,14 @@ fn assert_agent_may(reqs: &[Recorded]) {
         assert!(
             allows(AGENT_RULES, &r.group, &r.resource, &r.verb),
             "agent RBAC forbids {} {} ({} {})",
+            r.verb,
+            r.resource,
+            r.method,
+            r.path
+        );
+        assert!(
+            agent_calls(&r.group, &r.resource, &r.verb),
+            "{} {} ({} {}) is missing from rbac::AGENT_CALLS",
             r.verb,
             r.resource,
             r.method,
