@@ -116,6 +116,7 @@ pub fn run_install(a: InstallArgs) -> Result<i32> {
     let values = Values::load(&ValueSources {
         files: a.values.clone(),
         version: a.version.clone(),
+        image: None,
         set: a.set.clone(),
         set_string: a.set_string.clone(),
     })?;

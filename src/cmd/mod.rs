@@ -158,7 +158,18 @@ enum AgentCmd {
     /// <cni-conf-dir>/05-cilium.conflist (the DaemonSet's init container; idempotent)
     InstallCni(InstallCniArgs),
     /// Remove exactly <cni-bin-dir>/cilium-cni and <cni-conf-dir>/05-cilium.conflist
-    UninstallCni(CniDirs),
+    /// (with --config-dir: only when its cni-uninstall says true; the preStop hook)
+    UninstallCni(UninstallCniArgs),
+}
+
+#[derive(Debug, Args)]
+struct UninstallCniArgs {
+    #[command(flatten)]
+    dirs: CniDirs,
+    /// The mounted cilium-config: remove the files only when its `cni-uninstall` key is
+    /// "true" (as Cilium's cni-uninstall.sh); without it, always
+    #[arg(long, value_name = "DIR")]
+    config_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -576,9 +587,24 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
             Ok(0)
         }
         Cmd::Agent(AgentArgs {
-            cmd: Some(AgentCmd::UninstallCni(d)),
+            cmd:
+                Some(AgentCmd::UninstallCni(UninstallCniArgs {
+                    dirs: d,
+                    config_dir,
+                })),
             ..
         }) => {
+            if let Some(dir) = config_dir {
+                let key = dir.join("cni-uninstall");
+                let v = std::fs::read_to_string(&key).unwrap_or_default();
+                if v.trim() != "true" {
+                    println!(
+                        "{} is not \"true\": leaving the CNI configuration in place",
+                        key.display()
+                    );
+                    return Ok(0);
+                }
+            }
             for c in crate::cni::install::uninstall(&d.cni_bin_dir, &d.cni_conf_dir)? {
                 println!("{}: {}", c.path.display(), c.action);
             }
