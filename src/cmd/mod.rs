@@ -5,6 +5,7 @@ pub mod install;
 pub mod local;
 pub mod perf;
 pub mod probe;
+pub mod upgrade;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -139,6 +140,9 @@ enum Cmd {
     /// Remove what `cilium install` created from a Kubernetes cluster (CRDs are kept
     /// unless --delete-crds)
     Uninstall(install::UninstallArgs),
+    /// Change an installed Cilium: new values over the recorded ones, the objects that
+    /// changed applied, the agents rolled one node at a time
+    Upgrade(upgrade::UpgradeArgs),
     /// The container image of this binary
     #[command(subcommand)]
     Image(install::ImageCmd),
@@ -544,6 +548,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
         Cmd::Version { output } => version(output),
         Cmd::Install(a) => install::run_install(a),
         Cmd::Uninstall(a) => install::run_uninstall(a),
+        Cmd::Upgrade(a) => upgrade::run_upgrade(a),
         Cmd::Status {
             output,
             kube,
