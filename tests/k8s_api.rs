@@ -3,11 +3,14 @@
 //! the fake (plain http, a bearer token), and every request recorded. No privileges,
 //! no cluster.
 //!
-//! The fake keeps objects by API path; server-side apply stores the body, an applied
-//! CRD is Established at once, an applied DaemonSet/Deployment gets the status the test
-//! chose (ready or not), deleting the DaemonSet deletes its pods. Lists filter by
-//! labelSelector / fieldSelector (k=v, comma-separated). Scripted failures answer a
-//! method + path with a Status of the given code.
+//! The fake keeps objects by API path; server-side apply stores the body, a JSON merge
+//! patch merges into the stored object, an applied CRD is Established at once, an
+//! applied DaemonSet/Deployment gets the status the test chose (ready or not) and a new
+//! generation when its spec changed; with a simulated rollout (`set_rollout`) a changed
+//! workload then moves one step per read (the DaemonSet one node at a time, or stuck).
+//! Deleting the DaemonSet deletes its pods. Lists filter by labelSelector /
+//! fieldSelector (k=v, comma-separated). Scripted failures answer a method + path with a
+//! Status of the given code.
 //!
 //! The calls checked here are made with the user's credentials (cilium-cli's), not the
 //! agent's or the operator's service account: they are outside `k8s::rbac`'s tables,

@@ -120,7 +120,16 @@ pub(super) async fn read_release(client: &Client, ns: &str) -> Result<Option<Rel
 }
 
 async fn upgrade(a: &UpgradeArgs, new: Value) -> Result<i32> {
-    let (client, url) = cluster::connect(&a.kube.options()).await?;
+    let (client, url) = cluster::connect(&a.kube.options())
+        .await
+        .map_err(|e| match e {
+            cluster::ClusterError::NoCluster => anyhow!(
+                "no cluster found: no kubeconfig ($KUBECONFIG, ~/.kube/config) and not running \
+                 in a pod; pass --kubeconfig FILE (upgrade reads the installed Cilium from the \
+                 cluster, with --dry-run too)"
+            ),
+            e => e.into(),
+        })?;
     let ns = a.namespace.as_str();
     let in_ns = if ns == "kube-system" {
         String::new()
