@@ -158,6 +158,49 @@ fn uninstall_removes_exactly_the_two_files_and_is_idempotent() {
     assert!(out.contains("05-cilium.conflist: absent"), "{out}");
 }
 
+/// The agent container's preStop hook: `uninstall-cni --config-dir` removes the files
+/// only when the mounted cilium-config's `cni-uninstall` says "true" (`cilium
+/// uninstall` sets it); an agent restart or upgrade (false, or no key) leaves them.
+#[test]
+fn uninstall_with_config_dir_obeys_cni_uninstall() {
+    let d = Dirs::new("prestop");
+    let cfg = d.root.join("config-map");
+    std::fs::create_dir_all(&cfg).unwrap();
+    ok("install-cni", &d);
+    let pre_stop = || {
+        let out = Command::new(BIN)
+            .args(["agent", "uninstall-cni"])
+            .arg(format!("--cni-bin-dir={}", d.bin().display()))
+            .arg(format!("--cni-conf-dir={}", d.conf().display()))
+            .arg(format!("--config-dir={}", cfg.display()))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for value in [None, Some("false")] {
+        if let Some(v) = value {
+            std::fs::write(cfg.join("cni-uninstall"), v).unwrap();
+        }
+        let out = pre_stop();
+        assert!(
+            out.contains("leaving the CNI configuration in place"),
+            "{out}"
+        );
+        assert_eq!(names(&d.bin()), ["cilium-cni"]);
+        assert_eq!(names(&d.conf()), ["05-cilium.conflist"]);
+    }
+    std::fs::write(cfg.join("cni-uninstall"), "true").unwrap();
+    let out = pre_stop();
+    assert!(out.contains("05-cilium.conflist: removed"), "{out}");
+    assert!(names(&d.bin()).is_empty() && names(&d.conf()).is_empty());
+}
+
 #[test]
 fn missing_or_unusable_directories_are_errors_naming_the_path() {
     let d = Dirs::new("errors");

@@ -332,10 +332,44 @@ fn default_install_objects() {
         .update_strategy
         .and_then(|u| u.rolling_update)
         .expect("rolling update");
+    // One node's agent at a time (`cilium upgrade` waits for this rollout).
     assert_eq!(
         ru.max_unavailable,
-        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2))
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
     );
+    // The preStop hook removes the node's CNI files only when cilium-config says so
+    // (`cilium uninstall` sets cni-uninstall=true first); it needs the host directories.
+    let pre_stop = agent
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .expect("preStop exec hook");
+    assert_eq!(
+        pre_stop,
+        [
+            "cilium",
+            "agent",
+            "uninstall-cni",
+            "--cni-bin-dir=/host/opt/cni/bin",
+            "--cni-conf-dir=/host/etc/cni/net.d",
+            "--config-dir=/tmp/cilium/config-map"
+        ]
+    );
+    for path in [
+        "/host/opt/cni/bin",
+        "/host/etc/cni/net.d",
+        "/tmp/cilium/config-map",
+    ] {
+        assert!(
+            mounts.iter().any(|m| m.mount_path == path),
+            "the agent container mounts {path}"
+        );
+    }
+    let cm: k8s_openapi::api::core::v1::ConfigMap =
+        strictly(find(&docs, "ConfigMap", "cilium-config"));
+    assert_eq!(cm.data.unwrap_or_default()["cni-uninstall"], "false");
 
     let dep: Deployment = strictly(find(&docs, "Deployment", "cilium-operator"));
     let dspec = dep.spec.expect("spec");

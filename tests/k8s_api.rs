@@ -3,11 +3,14 @@
 //! the fake (plain http, a bearer token), and every request recorded. No privileges,
 //! no cluster.
 //!
-//! The fake keeps objects by API path; server-side apply stores the body, an applied
-//! CRD is Established at once, an applied DaemonSet/Deployment gets the status the test
-//! chose (ready or not), deleting the DaemonSet deletes its pods. Lists filter by
-//! labelSelector / fieldSelector (k=v, comma-separated). Scripted failures answer a
-//! method + path with a Status of the given code.
+//! The fake keeps objects by API path; server-side apply stores the body, a JSON merge
+//! patch merges into the stored object, an applied CRD is Established at once, an
+//! applied DaemonSet/Deployment gets the status the test chose (ready or not) and a new
+//! generation when its spec changed; with a simulated rollout (`set_rollout`) a changed
+//! workload then moves one step per read (the DaemonSet one node at a time, or stuck).
+//! Deleting the DaemonSet deletes its pods. Lists filter by labelSelector /
+//! fieldSelector (k=v, comma-separated). Scripted failures answer a method + path with a
+//! Status of the given code.
 //!
 //! The calls checked here are made with the user's credentials (cilium-cli's), not the
 //! agent's or the operator's service account: they are outside `k8s::rbac`'s tables,
@@ -49,6 +52,18 @@ struct State {
     fail: BTreeMap<(String, String), u16>,
     /// Status given to an applied DaemonSet / Deployment.
     workloads_ready: bool,
+    /// When set, a changed DaemonSet / Deployment spec rolls out step by step, one step
+    /// per read of the workload (see `advance`).
+    rollout: Option<Sim>,
+}
+
+/// A simulated rollout: a DaemonSet over `nodes` nodes replaced one node at a time (the
+/// old pod goes, the new one becomes available, then the next node); `stuck`: the first
+/// new pod never becomes available.
+#[derive(Debug, Clone, Copy)]
+struct Sim {
+    nodes: i64,
+    stuck: bool,
 }
 
 #[derive(Clone)]
@@ -71,6 +86,9 @@ mod tempdir {
 const NS_PATH: &str = "/api/v1/namespaces/kube-system";
 const DS_PATH: &str = "/apis/apps/v1/namespaces/kube-system/daemonsets/cilium";
 const DEP_PATH: &str = "/apis/apps/v1/namespaces/kube-system/deployments/cilium-operator";
+const CM_PATH: &str = "/api/v1/namespaces/kube-system/configmaps/cilium-config";
+/// The install record (values and manifest), applied after everything else.
+const SECRET_PATH: &str = "/api/v1/namespaces/kube-system/secrets/cilium-install";
 
 impl Fake {
     /// A fake API server with the namespace kube-system, on a thread of its own.
@@ -177,6 +195,12 @@ users:
     fn set_ready(&self, ready: bool) {
         self.state.lock().unwrap().workloads_ready = ready;
     }
+    fn set_rollout(&self, nodes: i64, stuck: bool) {
+        self.state.lock().unwrap().rollout = Some(Sim { nodes, stuck });
+    }
+    fn get(&self, path: &str) -> Option<Value> {
+        self.state.lock().unwrap().objects.get(path).cloned()
+    }
     fn log(&self) -> Vec<Req> {
         self.state.lock().unwrap().log.clone()
     }
@@ -227,22 +251,91 @@ fn matches_selector(obj: &Value, selector: Option<&String>, field: bool) -> bool
     })
 }
 
-fn workload_status(kind: &str, ready: bool, obj: &Value) -> Value {
+fn workload_status(kind: &str, ready: bool, obj: &Value, gen: i64) -> Value {
     if kind == "DaemonSet" {
         if ready {
             json!({"desiredNumberScheduled": 1, "currentNumberScheduled": 1,
                    "numberMisscheduled": 0, "numberReady": 1, "numberAvailable": 1,
-                   "updatedNumberScheduled": 1, "observedGeneration": 1})
+                   "updatedNumberScheduled": 1, "observedGeneration": gen})
         } else {
             json!({"desiredNumberScheduled": 1, "currentNumberScheduled": 1,
                    "numberMisscheduled": 0, "numberReady": 0, "numberUnavailable": 1,
-                   "updatedNumberScheduled": 1, "observedGeneration": 1})
+                   "updatedNumberScheduled": 1, "observedGeneration": gen})
         }
     } else {
         let n = obj["spec"]["replicas"].as_i64().unwrap_or(1);
         let r = if ready { n } else { 0 };
         json!({"replicas": n, "readyReplicas": r, "availableReplicas": r,
-               "updatedReplicas": n, "observedGeneration": 1})
+               "updatedReplicas": n, "observedGeneration": gen})
+    }
+}
+
+/// The status right after a spec change: the controller has not seen it yet, every old
+/// pod still serves.
+fn rollout_start(kind: &str, sim: Sim, obj: &Value, gen: i64) -> Value {
+    if kind == "DaemonSet" {
+        let n = sim.nodes;
+        json!({"desiredNumberScheduled": n, "currentNumberScheduled": n,
+               "numberMisscheduled": 0, "numberReady": n, "numberAvailable": n,
+               "updatedNumberScheduled": 0, "observedGeneration": gen - 1})
+    } else {
+        let n = obj["spec"]["replicas"].as_i64().unwrap_or(1);
+        json!({"replicas": n, "readyReplicas": n, "availableReplicas": n,
+               "updatedReplicas": 0, "observedGeneration": gen - 1})
+    }
+}
+
+/// One step of a simulated rollout, taken when the workload is read: the controller
+/// observes the new generation; then, node by node, the old agent goes (one fewer
+/// available, one more updated) and the new one becomes available. A Deployment is
+/// done in one step after it is observed.
+fn advance(obj: &mut Value, sim: Sim) {
+    let gen = obj["metadata"]["generation"].as_i64().unwrap_or(1);
+    if obj["status"]["observedGeneration"].as_i64().unwrap_or(0) < gen {
+        obj["status"]["observedGeneration"] = json!(gen);
+        return;
+    }
+    if obj["kind"] == "Deployment" {
+        let n = obj["spec"]["replicas"].as_i64().unwrap_or(1);
+        obj["status"]["updatedReplicas"] = json!(n);
+        obj["status"]["availableReplicas"] = json!(n);
+        obj["status"]["readyReplicas"] = json!(n);
+        return;
+    }
+    let st = &mut obj["status"];
+    let desired = st["desiredNumberScheduled"].as_i64().unwrap_or(0);
+    let updated = st["updatedNumberScheduled"].as_i64().unwrap_or(0);
+    let available = st["numberAvailable"].as_i64().unwrap_or(0);
+    if available < desired {
+        if sim.stuck {
+            return;
+        }
+        st["numberAvailable"] = json!(available + 1);
+        st["numberReady"] = json!(available + 1);
+    } else if updated < desired {
+        st["updatedNumberScheduled"] = json!(updated + 1);
+        st["numberAvailable"] = json!(available - 1);
+        st["numberReady"] = json!(available - 1);
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().unwrap();
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
     }
 }
 
@@ -279,6 +372,13 @@ fn handle(
     }
     match method {
         Method::GET => {
+            if let Some(sim) = st.rollout {
+                if path == DS_PATH || path == DEP_PATH {
+                    if let Some(o) = st.objects.get_mut(&path) {
+                        advance(o, sim);
+                    }
+                }
+            }
             if let Some(o) = st.objects.get(&path) {
                 return reply(200, o);
             }
@@ -305,6 +405,15 @@ fn handle(
                 &json!({"apiVersion": "v1", "kind": kind, "metadata": {}, "items": items}),
             )
         }
+        Method::PATCH if header("content-type") == "application/merge-patch+json" => {
+            match st.objects.get_mut(&path) {
+                Some(o) => {
+                    merge_patch(o, &body);
+                    reply(200, o)
+                }
+                None => reply(404, &status_body(404, &format!("{path} not found"))),
+            }
+        }
         Method::PATCH => {
             let mut obj = body;
             let kind = obj["kind"].as_str().unwrap_or("").to_string();
@@ -315,8 +424,23 @@ fn handle(
                         {"type": "NamesAccepted", "status": "True"}]});
                 }
                 "DaemonSet" | "Deployment" => {
-                    obj["metadata"]["generation"] = json!(1);
-                    obj["status"] = workload_status(&kind, st.workloads_ready, &obj);
+                    // generation moves on with a changed spec, as the API server does.
+                    let prev = st.objects.get(&path).cloned();
+                    let changed = prev.as_ref().is_none_or(|p| p["spec"] != obj["spec"]);
+                    let gen = match prev
+                        .as_ref()
+                        .and_then(|p| p["metadata"]["generation"].as_i64())
+                    {
+                        Some(g) if changed => g + 1,
+                        Some(g) => g,
+                        None => 1,
+                    };
+                    obj["metadata"]["generation"] = json!(gen);
+                    obj["status"] = match (&prev, st.rollout) {
+                        (Some(p), _) if !changed => p["status"].clone(),
+                        (Some(_), Some(sim)) => rollout_start(&kind, sim, &obj, gen),
+                        _ => workload_status(&kind, st.workloads_ready, &obj, gen),
+                    };
                 }
                 _ => {}
             }
@@ -453,8 +577,15 @@ fn install_applies_every_object_in_order() {
     let log = fake.log();
     let patches: Vec<&Req> = log.iter().filter(|r| r.method == "PATCH").collect();
     let paths: Vec<&str> = patches.iter().map(|r| r.path.as_str()).collect();
-    let want: Vec<&str> = expected.iter().map(|(p, _)| p.as_str()).collect();
-    assert_eq!(paths, want, "apply order and paths");
+    let want: Vec<&str> = expected
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .chain([SECRET_PATH])
+        .collect();
+    assert_eq!(
+        paths, want,
+        "apply order and paths, the install record last"
+    );
     assert!(want
         .first()
         .unwrap()
@@ -524,7 +655,11 @@ fn install_creates_a_missing_namespace_first() {
         .into_iter()
         .map(|(p, _)| p)
         .collect();
-    assert_eq!(&patches[1..], &want[..]);
+    assert_eq!(&patches[1..patches.len() - 1], &want[..]);
+    assert_eq!(
+        patches.last().map(String::as_str),
+        Some("/api/v1/namespaces/cilium-test/secrets/cilium-install")
+    );
     assert!(want
         .iter()
         .any(|p| p == "/apis/apps/v1/namespaces/cilium-test/daemonsets/cilium"));
@@ -679,8 +814,7 @@ fn uninstall_deletes_in_reverse_order_and_404_is_fine() {
         "/api/v1/namespaces/kube-system/pods/cilium-a1b2c",
         agent_pod("cilium-a1b2c", true, None),
     );
-    let cm = "/api/v1/namespaces/kube-system/configmaps/cilium-config";
-    fake.remove(cm); // someone deleted it already: 404
+    fake.remove(CM_PATH); // someone deleted it already: 404
     fake.clear_log();
     let out = fake.cilium(&["uninstall", "--wait", "--wait-duration", "10s"]);
     assert!(
@@ -697,8 +831,11 @@ fn uninstall_deletes_in_reverse_order_and_404_is_fine() {
         stdout.contains("Kept 6 CustomResourceDefinitions"),
         "{stdout}"
     );
-    let deletes: Vec<Req> = fake.writes();
-    assert!(deletes.iter().all(|r| r.method == "DELETE"));
+    let deletes: Vec<Req> = fake
+        .writes()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .collect();
     let got: Vec<&str> = deletes.iter().map(|r| r.path.as_str()).collect();
     let mut want: Vec<String> = rendered("kube-system")
         .into_iter()
@@ -706,7 +843,8 @@ fn uninstall_deletes_in_reverse_order_and_404_is_fine() {
         .filter(|p| !p.contains("/customresourcedefinitions/"))
         .collect();
     want.reverse();
-    assert_eq!(got, want);
+    want.push(SECRET_PATH.into());
+    assert_eq!(got, want, "reverse apply order, the install record last");
     assert_eq!(got[0], DEP_PATH);
     assert_eq!(got[1], DS_PATH);
     assert_eq!(
@@ -719,13 +857,19 @@ fn uninstall_deletes_in_reverse_order_and_404_is_fine() {
     fake.clear_log();
     let out = fake.cilium(&["uninstall", "--delete-crds"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let got: Vec<String> = fake.writes().into_iter().map(|r| r.path).collect();
+    let got: Vec<String> = fake
+        .writes()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.path)
+        .collect();
     let mut want: Vec<String> = rendered("kube-system")
         .into_iter()
         .map(|(p, _)| p)
         .collect();
     want.reverse();
-    assert_eq!(got, want, "everything, CRDs last");
+    want.push(SECRET_PATH.into());
+    assert_eq!(got, want, "everything, CRDs last, then the (absent) record");
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("DaemonSet kube-system/cilium was already gone"),
@@ -943,4 +1087,401 @@ fn status_mode_conflict_and_unreachable_server() {
         "{all}"
     );
     assert!(fake.log().is_empty());
+}
+
+// ------------------------------------------------------------------ cilium upgrade
+
+/// Installs with `args` (not waiting) and forgets the requests.
+fn installed(fake: &Fake, args: &[&str]) {
+    let mut all = vec!["install", "--wait=false"];
+    all.extend(args);
+    let out = fake.cilium(&all);
+    assert!(out.status.success(), "install: {}", text(&out.stderr));
+    fake.clear_log();
+}
+
+fn paths_of(reqs: &[Req], method: &str) -> Vec<String> {
+    reqs.iter()
+        .filter(|r| r.method == method)
+        .map(|r| r.path.clone())
+        .collect()
+}
+
+/// The values recorded in the install record Secret.
+fn recorded_values(fake: &Fake) -> serde_yaml::Value {
+    let secret = fake.get(SECRET_PATH).expect("the install record");
+    assert_eq!(secret["type"], "cilium.io/install-record.v1");
+    let b64 = secret["data"]["values.yaml"].as_str().expect("values.yaml");
+    let bytes: k8s_openapi::ByteString = serde_json::from_value(json!(b64)).unwrap();
+    serde_yaml::from_slice(&bytes.0).unwrap()
+}
+
+/// No agent DaemonSet: a failure that says Cilium is not installed and names `cilium
+/// install`, and not one write.
+#[test]
+fn upgrade_refuses_when_cilium_is_not_installed() {
+    let fake = Fake::start();
+    let out = fake.cilium(&["upgrade", "--set", "debug.enabled=true"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("Cilium is not installed in namespace kube-system")
+            && err.contains("`cilium install`"),
+        "{err}"
+    );
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    let out = fake.cilium(&["upgrade", "-n", "cilium-test"]);
+    assert!(text(&out.stderr).contains("`cilium install -n cilium-test`"));
+}
+
+/// An unknown key, a value that fails validation and a malformed values file: each a
+/// clear error, and nothing written (a broken file is refused before the cluster is
+/// even asked).
+#[test]
+fn upgrade_with_bad_values_changes_nothing() {
+    let fake = Fake::start();
+    installed(&fake, &[]);
+    let out = fake.cilium(&["upgrade", "--set", "ipam.mod=kubernetes"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("unknown value key `ipam.mod`") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    let out = fake.cilium(&["upgrade", "--set", "routingMode=native"]);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("`ipv4NativeRoutingCIDR`"),
+        "{err}"
+    );
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    fake.clear_log();
+    let bad = fake.dir.0.join("bad.yaml");
+    std::fs::write(&bad, "debug: {enabled: true\n").unwrap();
+    let out = fake.cilium(&["upgrade", "-f", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad.yaml") && err.contains("not valid YAML"),
+        "{err}"
+    );
+    assert!(fake.log().is_empty(), "no request at all: {:?}", fake.log());
+    let out = fake.cilium(&["upgrade", "--reuse-values", "--reset-values"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot be used with"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// The install records its values; an upgrade merges new values over them, shows per
+/// object what changes, applies only what changed (server-side apply, cilium-cli) and
+/// records the merged values; --reset-values starts from the defaults again.
+#[test]
+fn upgrade_reuses_the_recorded_values_and_applies_only_what_changed() {
+    let fake = Fake::start();
+    installed(&fake, &["--set", "debug.enabled=true"]);
+    assert_eq!(
+        recorded_values(&fake),
+        serde_yaml::from_str::<serde_yaml::Value>("{debug: {enabled: true}}").unwrap()
+    );
+    let out = fake.cilium(&["upgrade", "--set", "operator.replicas=3", "--wait=false"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("(1 changed, 0 added, 0 removed, 14 unchanged)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("changed    Deployment kube-system/cilium-operator: spec.replicas"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("unchanged  ConfigMap kube-system/cilium-config")
+            && stdout.contains("unchanged  DaemonSet kube-system/cilium"),
+        "debug stays on: {stdout}"
+    );
+    let log = fake.log();
+    assert_eq!(paths_of(&log, "PATCH"), [DEP_PATH, SECRET_PATH]);
+    for r in log.iter().filter(|r| r.method == "PATCH") {
+        assert_eq!(
+            r.query.get("fieldManager").map(String::as_str),
+            Some("cilium-cli")
+        );
+        assert_eq!(r.content_type, "application/apply-patch+yaml");
+    }
+    assert_eq!(fake.get(DEP_PATH).unwrap()["spec"]["replicas"], 3);
+    assert_eq!(
+        recorded_values(&fake),
+        serde_yaml::from_str::<serde_yaml::Value>(
+            "{debug: {enabled: true}, operator: {replicas: 3}}"
+        )
+        .unwrap()
+    );
+
+    // Nothing new: nothing applied.
+    fake.clear_log();
+    let out = fake.cilium(&["upgrade"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("Cilium is up to date"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(fake.writes().is_empty());
+
+    // Back to the defaults.
+    fake.clear_log();
+    let out = fake.cilium(&["upgrade", "--reset-values", "--wait=false"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        paths_of(&fake.log(), "PATCH"),
+        [CM_PATH, DS_PATH, DEP_PATH, SECRET_PATH]
+    );
+    assert_eq!(fake.get(CM_PATH).unwrap()["data"]["debug"], "false");
+    assert_eq!(
+        recorded_values(&fake),
+        serde_yaml::from_str::<serde_yaml::Value>("{}").unwrap()
+    );
+}
+
+/// --dry-run prints exactly what `install --dry-run` would render with the merged values,
+/// lists the changes on stderr, and writes nothing.
+#[test]
+fn upgrade_dry_run_prints_the_new_manifests_and_applies_nothing() {
+    let fake = Fake::start();
+    installed(&fake, &["--set", "cluster.name=prod"]);
+    let out = fake.cilium(&["upgrade", "--dry-run", "--set", "debug.enabled=true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = Command::new(BIN)
+        .args([
+            "install",
+            "--dry-run",
+            "--set",
+            "cluster.name=prod,debug.enabled=true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), text(&want.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains("Would upgrade Cilium"), "{err}");
+    assert!(
+        err.contains("changed    ConfigMap kube-system/cilium-config: data.debug"),
+        "{err}"
+    );
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+}
+
+/// Objects the install created that the new values no longer render are deleted
+/// (reverse order), after the rest is applied.
+#[test]
+fn upgrade_deletes_objects_no_longer_rendered() {
+    let fake = Fake::start();
+    installed(&fake, &[]);
+    let out = fake.cilium(&[
+        "upgrade",
+        "--set",
+        "operator.enabled=false,ipam.mode=kubernetes",
+        "--wait=false",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("removed    Deployment kube-system/cilium-operator"),
+        "{stdout}"
+    );
+    assert_eq!(
+        paths_of(&fake.log(), "DELETE"),
+        [
+            DEP_PATH,
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/cilium-operator",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles/cilium-operator",
+            "/api/v1/namespaces/kube-system/serviceaccounts/cilium-operator",
+        ]
+    );
+    assert!(fake.get(DEP_PATH).is_none());
+    // The record no longer names them: a later uninstall does not look for them.
+    fake.clear_log();
+    let out = fake.cilium(&["uninstall"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!paths_of(&fake.log(), "DELETE").contains(&DEP_PATH.to_string()));
+}
+
+/// A new version rolls the agents: the DaemonSet is applied with the new image and
+/// maxUnavailable 1, and the upgrade waits, step by step, until every node's agent is
+/// updated and available (the fake replaces one node at a time) and the operator has
+/// rolled.
+#[test]
+fn upgrade_waits_while_the_agents_roll_one_node_at_a_time() {
+    let fake = Fake::start();
+    fake.set_ready(true);
+    installed(&fake, &[]);
+    fake.set_rollout(3, false);
+    let out = fake.cilium(&["upgrade", "--version", "9.9.9", "--wait-duration", "30s"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    let ds = fake.get(DS_PATH).unwrap();
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"],
+        "localhost/cilium:9.9.9"
+    );
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+        1
+    );
+    let steps = [
+        "DaemonSet cilium: 0/3 agents updated, 3/3 available",
+        "DaemonSet cilium: 1/3 agents updated, 2/3 available",
+        "DaemonSet cilium: 1/3 agents updated, 3/3 available",
+        "DaemonSet cilium: 2/3 agents updated, 2/3 available",
+        "DaemonSet cilium: 3/3 agents updated, 3/3 available",
+        "Cilium was upgraded",
+    ];
+    let mut at = 0;
+    for s in steps {
+        let i = stdout[at..]
+            .find(s)
+            .unwrap_or_else(|| panic!("{s:?} not after byte {at}:\n{stdout}"));
+        at += i + s.len();
+    }
+    assert!(
+        stdout.contains("Deployment cilium-operator: 2/2 operator replicas updated, 2/2 available"),
+        "{stdout}"
+    );
+}
+
+/// A rollout that does not finish: the timeout names what is not rolled out, the pod
+/// that is not ready with its container's reason and last event, and the pod still on
+/// the old image.
+#[test]
+fn upgrade_timeout_names_the_pod_and_the_reason() {
+    let fake = Fake::start();
+    fake.set_ready(true);
+    installed(&fake, &[]);
+    fake.set_rollout(3, true);
+    let mut crashing = agent_pod("cilium-x9k2p", false, Some(("CrashLoopBackOff", CRASH_MSG)));
+    crashing["spec"]["containers"][0]["image"] = json!("localhost/cilium:9.9.9");
+    fake.put("/api/v1/namespaces/kube-system/pods/cilium-x9k2p", crashing);
+    fake.put(
+        "/api/v1/namespaces/kube-system/pods/cilium-old01",
+        agent_pod("cilium-old01", true, None),
+    );
+    fake.put(
+        "/api/v1/namespaces/kube-system/events/cilium-x9k2p.1",
+        json!({"apiVersion": "v1", "kind": "Event",
+               "metadata": {"name": "cilium-x9k2p.1", "namespace": "kube-system"},
+               "involvedObject": {"kind": "Pod", "name": "cilium-x9k2p", "namespace": "kube-system"},
+               "reason": "BackOff", "message": "Back-off restarting failed container",
+               "lastTimestamp": "2026-01-01T00:01:00Z"}),
+    );
+    let out = fake.cilium(&[
+        "upgrade",
+        "--image",
+        "localhost/cilium:9.9.9",
+        "--wait-duration",
+        "2s",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("timed out after 2s waiting for the upgrade to roll out"),
+        "{err}"
+    );
+    assert!(
+        err.contains("DaemonSet cilium: 1/3 updated, 2/3 available"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pod kube-system/cilium-x9k2p is not ready")
+            && err.contains("CrashLoopBackOff")
+            && err.contains("last event: BackOff: Back-off restarting failed container"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "pod kube-system/cilium-old01 still runs localhost/cilium:test (the DaemonSet wants localhost/cilium:9.9.9)"
+        ),
+        "{err}"
+    );
+}
+
+// ------------------------------------------------------------------ uninstall: CNI
+
+/// Before it deletes the agents, uninstall sets cni-uninstall=true in cilium-config (a
+/// merge patch: only that key) and touches every agent pod so its kubelet refreshes the
+/// mounted file; the agents' preStop hook then removes the node's CNI files.
+#[test]
+fn uninstall_turns_on_cni_uninstall_before_deleting_the_agents() {
+    let fake = Fake::start();
+    installed(&fake, &[]);
+    for p in ["cilium-a1b2c", "cilium-d3e4f"] {
+        fake.put(
+            &format!("/api/v1/namespaces/kube-system/pods/{p}"),
+            agent_pod(p, true, None),
+        );
+    }
+    let out = fake.cilium(&["uninstall"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("set cni-uninstall=true in ConfigMap kube-system/cilium-config"),
+        "{}",
+        text(&out.stdout)
+    );
+    let log = fake.log();
+    let merge: Vec<&Req> = log.iter().filter(|r| r.method == "PATCH").collect();
+    assert!(merge
+        .iter()
+        .all(|r| r.content_type == "application/merge-patch+json"));
+    assert_eq!(merge[0].path, CM_PATH);
+    assert_eq!(merge[0].body, json!({"data": {"cni-uninstall": "true"}}));
+    let touched: Vec<&str> = merge[1..].iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        touched,
+        [
+            "/api/v1/namespaces/kube-system/pods/cilium-a1b2c",
+            "/api/v1/namespaces/kube-system/pods/cilium-d3e4f"
+        ]
+    );
+    let last_patch = log.iter().rposition(|r| r.method == "PATCH").unwrap();
+    let ds_delete = log
+        .iter()
+        .position(|r| r.method == "DELETE" && r.path == DS_PATH)
+        .unwrap();
+    assert!(
+        last_patch < ds_delete,
+        "the flag is set before the agents go"
+    );
+}
+
+// ------------------------------------------------------------------ figures
+
+/// The figure of the README: wall time of `cilium install` (apply everything, CRDs
+/// Established, wait until ready) against the fake, which reports the workloads ready
+/// at once, so this is the CLI's own time; and the number of objects of a default
+/// install. Printed, not asserted (beyond a generous bound).
+#[test]
+fn figure_install_to_ready_against_the_fake() {
+    let objects = rendered("kube-system").len();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let fake = Fake::start();
+        fake.set_ready(true);
+        let started = std::time::Instant::now();
+        let out = fake.cilium(&["install", "--wait-duration", "30s"]);
+        times.push(started.elapsed());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    times.sort();
+    eprintln!(
+        "FIGURE install to ready against the fake API server: min {:?}, median {:?}, max {:?} \
+         (5 runs; {objects} rendered objects + the install record)",
+        times[0], times[2], times[4]
+    );
+    assert!(times[2] < std::time::Duration::from_secs(20));
 }

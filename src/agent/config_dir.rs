@@ -321,6 +321,13 @@ pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("enable-hubble", "no Hubble server yet"),
 ];
 
+/// Keys the install renders for another reader than the agent process: skipped here,
+/// neither applied nor warned about.
+pub const READ_ELSEWHERE: &[(&str, &str)] = &[(
+    "cni-uninstall",
+    "the agent container's preStop hook, `cilium agent uninstall-cni --config-dir`",
+)];
+
 /// What [`apply`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -376,7 +383,7 @@ pub fn apply(
         }
     }
     for key in dir.values.keys() {
-        if MAPPED.iter().any(|m| m.key == key) {
+        if MAPPED.iter().any(|m| m.key == key) || READ_ELSEWHERE.iter().any(|(k, _)| k == key) {
             continue;
         }
         if NOT_IMPLEMENTED.iter().any(|(k, _)| k == key) {
@@ -668,7 +675,7 @@ mod tests {
             );
             assert!(seen.insert(m.key), "{} twice", m.key);
         }
-        for (k, _) in NOT_IMPLEMENTED {
+        for (k, _) in NOT_IMPLEMENTED.iter().chain(READ_ELSEWHERE) {
             assert!(
                 seen.insert(k),
                 "{k} both mapped and not implemented, or twice"
@@ -707,7 +714,8 @@ mod tests {
             for k in &keys {
                 assert!(
                     MAPPED.iter().any(|m| m.key == k)
-                        || NOT_IMPLEMENTED.iter().any(|(n, _)| n == k),
+                        || NOT_IMPLEMENTED.iter().any(|(n, _)| n == k)
+                        || READ_ELSEWHERE.iter().any(|(n, _)| n == k),
                     "the ConfigMap renders {k:?} (values {set:?}), which the agent neither \
                      maps (MAPPED) nor lists (NOT_IMPLEMENTED) in src/agent/config_dir.rs"
                 );
@@ -716,7 +724,7 @@ mod tests {
         }
         // No stale entries: everything listed as not implemented is something the
         // install renders.
-        for (k, _) in NOT_IMPLEMENTED {
+        for (k, _) in NOT_IMPLEMENTED.iter().chain(READ_ELSEWHERE) {
             assert!(all.contains(*k), "{k} is listed but never rendered");
         }
     }

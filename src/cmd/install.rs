@@ -9,7 +9,13 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kube::Client;
 
 use crate::{
-    install::{self, image, render::render_documents, ValueSources, Values},
+    install::{
+        self, image,
+        release::{self, Release},
+        render::render_documents,
+        values::user_values,
+        ValueSources, Values,
+    },
     k8s::{
         apply::{self, ApplyError, Deleted, Object},
         cluster::{self, ClusterOptions},
@@ -113,12 +119,14 @@ pub enum ImageCmd {
 }
 
 pub fn run_install(a: InstallArgs) -> Result<i32> {
-    let values = Values::load(&ValueSources {
+    let user = user_values(&ValueSources {
         files: a.values.clone(),
         version: a.version.clone(),
+        image: None,
         set: a.set.clone(),
         set_string: a.set_string.clone(),
     })?;
+    let values = Values::from_user(&user)?;
     if a.dry_run_helm_values {
         print!("{}", values.to_yaml());
         return Ok(0);
@@ -129,10 +137,16 @@ pub fn run_install(a: InstallArgs) -> Result<i32> {
     }
     let docs = render_documents(&values, &a.namespace)?;
     let objects = apply::objects(&docs, &a.namespace)?;
-    super::runtime()?.block_on(install_on_cluster(&a, objects))
+    let record = Release::new(user, install::render(&values, &a.namespace)?);
+    let record = apply::objects(&[record.document(&a.namespace)?], &a.namespace)?;
+    super::runtime()?.block_on(install_on_cluster(&a, objects, record))
 }
 
-async fn install_on_cluster(a: &InstallArgs, objects: Vec<Object>) -> Result<i32> {
+async fn install_on_cluster(
+    a: &InstallArgs,
+    objects: Vec<Object>,
+    record: Vec<Object>,
+) -> Result<i32> {
     let (client, url) = cluster::connect(&a.kube.options()).await?;
     let ns = a.namespace.as_str();
     println!("Installing Cilium in namespace {ns} of the cluster at {url}");
@@ -191,6 +205,14 @@ async fn install_on_cluster(a: &InstallArgs, objects: Vec<Object>) -> Result<i32
     if let Err(e) = apply::apply_all(&client, &rest, |o| report(o, &mut applied)).await {
         return Err(stop(e, &applied));
     }
+    // What `cilium upgrade` reuses and `cilium uninstall` deletes.
+    if let Err(e) = apply::apply_all(&client, &record, |o| {
+        println!("  recorded the install's values and manifest in {}", o.r)
+    })
+    .await
+    {
+        return Err(stop(e, &applied));
+    }
     let operator = rest
         .iter()
         .any(|o| o.r.kind == "Deployment" && o.r.name == apply::OPERATOR_DEPLOYMENT);
@@ -205,7 +227,7 @@ async fn install_on_cluster(a: &InstallArgs, objects: Vec<Object>) -> Result<i32
 }
 
 /// An error without an HTTP status (connection refused, TLS, DNS) names the server.
-fn unreachable(e: ApplyError, url: &str) -> anyhow::Error {
+pub(super) fn unreachable(e: ApplyError, url: &str) -> anyhow::Error {
     match e {
         ApplyError::Api { status: None, .. } => anyhow!("{e} (API server {url})"),
         e => e.into(),
@@ -269,7 +291,11 @@ async fn wait_ready(client: &Client, ns: &str, operator: bool, limit: Duration) 
 
 /// The last status's errors and warnings, then each pod that is not ready with its
 /// containers' waiting reasons and its last event.
-async fn why_not_ready(client: &Client, ns: &str, last: Option<&ClusterStatus>) -> String {
+pub(super) async fn why_not_ready(
+    client: &Client,
+    ns: &str,
+    last: Option<&ClusterStatus>,
+) -> String {
     let mut lines = Vec::new();
     if let Some(st) = last {
         for p in st.errors.iter().chain(&st.warnings) {
@@ -300,7 +326,7 @@ async fn why_not_ready(client: &Client, ns: &str, last: Option<&ClusterStatus>) 
     lines.join("\n")
 }
 
-fn humanize(d: Duration) -> String {
+pub(super) fn humanize(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 60 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
@@ -318,10 +344,30 @@ pub fn run_uninstall(a: UninstallArgs) -> Result<i32> {
     super::runtime()?.block_on(uninstall(&a, objects))
 }
 
-async fn uninstall(a: &UninstallArgs, objects: Vec<Object>) -> Result<i32> {
+async fn uninstall(a: &UninstallArgs, defaults: Vec<Object>) -> Result<i32> {
     let (client, url) = cluster::connect(&a.kube.options()).await?;
     let ns = a.namespace.as_str();
     println!("Uninstalling Cilium from namespace {ns} of the cluster at {url}");
+    // The install's record names what it applied; without one (or unreadable), the
+    // default render.
+    let objects = match super::upgrade::read_release(&client, ns).await {
+        Ok(Some(r)) => {
+            match apply::objects(&r.documents(), ns) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("  warning: the install record's manifest: {e}; deleting the default objects");
+                    defaults
+                }
+            }
+        }
+        Ok(None) => defaults,
+        Err(e @ ApplyError::Api { status: None, .. }) => return Err(unreachable(e, &url)),
+        Err(e) => {
+            eprintln!("  warning: {e}; deleting the default objects");
+            defaults
+        }
+    };
+    cni_cleanup(&client, ns).await;
     let mut failed = Vec::new();
     let mut kept = 0;
     for o in objects.iter().rev() {
@@ -334,6 +380,21 @@ async fn uninstall(a: &UninstallArgs, objects: Vec<Object>) -> Result<i32> {
             Ok(Deleted::NotFound) => println!("  {} was already gone", o.r),
             // The server is not reachable: no point trying the others.
             Err(e @ ApplyError::Api { status: None, .. }) => return Err(unreachable(e, &url)),
+            Err(e) => {
+                eprintln!("  {e}");
+                failed.push(e.to_string());
+            }
+        }
+    }
+    // The record goes last: a failed uninstall can be run again with it.
+    let record = release::Release::new(Default::default(), String::new())
+        .document(ns)
+        .map_err(anyhow::Error::from)
+        .and_then(|d| Ok(apply::objects(&[d], ns)?))?;
+    for o in &record {
+        match apply::delete(&client, o).await {
+            Ok(Deleted::Deleted) => println!("  deleted {} (the install record)", o.r),
+            Ok(Deleted::NotFound) => {}
             Err(e) => {
                 eprintln!("  {e}");
                 failed.push(e.to_string());
@@ -357,6 +418,77 @@ async fn uninstall(a: &UninstallArgs, objects: Vec<Object>) -> Result<i32> {
     }
     println!("Cilium was uninstalled");
     Ok(0)
+}
+
+/// How long `cilium uninstall` gives the kubelets to refresh the agents' mounted
+/// cilium-config after it set cni-uninstall (the pod annotation prompts the refresh).
+const CNI_SETTLE: Duration = Duration::from_secs(2);
+
+/// Sets `cni-uninstall: "true"` in cilium-config, so the agents' preStop hook removes
+/// the CNI plugin and configuration from each node as the agent pods stop, and touches
+/// each agent pod (an annotation) so its kubelet refreshes the mounted ConfigMap now
+/// rather than at its next periodic sync. Failures are warnings: the uninstall goes on.
+async fn cni_cleanup(client: &Client, ns: &str) {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use kube::api::{Api, ListParams, Patch, PatchParams};
+    let warn = |what: &str, e: &kube::Error| {
+        eprintln!(
+            "  warning: {what}: {}; the CNI configuration may stay on the nodes (remove it \
+             there with `cilium agent uninstall-cni`)",
+            cluster::describe(e)
+        )
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({"data": {"cni-uninstall": "true"}});
+    match cms
+        .patch(
+            "cilium-config",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => println!(
+            "  set cni-uninstall=true in ConfigMap {ns}/cilium-config: each agent removes \
+             cilium-cni and 05-cilium.conflist from its node as it stops"
+        ),
+        Err(e) if cluster::status_code(&e) == Some(404) => {
+            println!("  ConfigMap {ns}/cilium-config is gone: the agents leave the CNI configuration on the nodes");
+            return;
+        }
+        Err(e) => {
+            return warn(
+                &format!("setting cni-uninstall in ConfigMap {ns}/cilium-config"),
+                &e,
+            )
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = match pods
+        .list(&ListParams::default().labels(status::AGENT_SELECTOR))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => return warn("listing the agent pods", &e),
+    };
+    let touch =
+        serde_json::json!({"metadata": {"annotations": {"cilium.io/cni-uninstall": "true"}}});
+    let mut touched = 0;
+    for p in &list.items {
+        let Some(name) = p.metadata.name.as_deref() else {
+            continue;
+        };
+        match pods
+            .patch(name, &PatchParams::default(), &Patch::Merge(&touch))
+            .await
+        {
+            Ok(_) => touched += 1,
+            Err(e) => warn(&format!("annotating pod {ns}/{name}"), &e),
+        }
+    }
+    if touched > 0 {
+        tokio::time::sleep(CNI_SETTLE).await;
+    }
 }
 
 async fn wait_pods_gone(client: &Client, ns: &str, limit: Duration) -> Result<()> {

@@ -5,6 +5,7 @@ pub mod install;
 pub mod local;
 pub mod perf;
 pub mod probe;
+pub mod upgrade;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -139,6 +140,9 @@ enum Cmd {
     /// Remove what `cilium install` created from a Kubernetes cluster (CRDs are kept
     /// unless --delete-crds)
     Uninstall(install::UninstallArgs),
+    /// Change an installed Cilium: new values over the recorded ones, the objects that
+    /// changed applied, the agents rolled one node at a time
+    Upgrade(upgrade::UpgradeArgs),
     /// The container image of this binary
     #[command(subcommand)]
     Image(install::ImageCmd),
@@ -158,7 +162,18 @@ enum AgentCmd {
     /// <cni-conf-dir>/05-cilium.conflist (the DaemonSet's init container; idempotent)
     InstallCni(InstallCniArgs),
     /// Remove exactly <cni-bin-dir>/cilium-cni and <cni-conf-dir>/05-cilium.conflist
-    UninstallCni(CniDirs),
+    /// (with --config-dir: only when its cni-uninstall says true; the preStop hook)
+    UninstallCni(UninstallCniArgs),
+}
+
+#[derive(Debug, Args)]
+struct UninstallCniArgs {
+    #[command(flatten)]
+    dirs: CniDirs,
+    /// The mounted cilium-config: remove the files only when its `cni-uninstall` key is
+    /// "true" (as Cilium's cni-uninstall.sh); without it, always
+    #[arg(long, value_name = "DIR")]
+    config_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -541,6 +556,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
         Cmd::Version { output } => version(output),
         Cmd::Install(a) => install::run_install(a),
         Cmd::Uninstall(a) => install::run_uninstall(a),
+        Cmd::Upgrade(a) => upgrade::run_upgrade(a),
         Cmd::Status {
             output,
             kube,
@@ -584,9 +600,24 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
             Ok(0)
         }
         Cmd::Agent(AgentArgs {
-            cmd: Some(AgentCmd::UninstallCni(d)),
+            cmd:
+                Some(AgentCmd::UninstallCni(UninstallCniArgs {
+                    dirs: d,
+                    config_dir,
+                })),
             ..
         }) => {
+            if let Some(dir) = config_dir {
+                let key = dir.join("cni-uninstall");
+                let v = std::fs::read_to_string(&key).unwrap_or_default();
+                if v.trim() != "true" {
+                    println!(
+                        "{} is not \"true\": leaving the CNI configuration in place",
+                        key.display()
+                    );
+                    return Ok(0);
+                }
+            }
             for c in crate::cni::install::uninstall(&d.cni_bin_dir, &d.cni_conf_dir)? {
                 println!("{}: {}", c.path.display(), c.action);
             }

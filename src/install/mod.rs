@@ -1,6 +1,7 @@
 //! `cilium install`'s rendering: Helm-style values over embedded defaults, templates of
 //! every object the install applies, and the OCI image of this binary.
 pub mod image;
+pub mod release;
 pub mod render;
 pub mod strict;
 pub mod strvals;

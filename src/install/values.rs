@@ -72,11 +72,14 @@ pub enum ValuesError {
 }
 
 /// Where the user's values come from, applied in this order (later wins): `-f` files,
-/// `version` (the image tags), `--set`, `--set-string`.
+/// `version` (the image tags), `image` (the whole image reference), `--set`,
+/// `--set-string`.
 #[derive(Debug, Clone, Default)]
 pub struct ValueSources {
     pub files: Vec<PathBuf>,
     pub version: Option<String>,
+    /// `repository[:tag]` or `repository@sha256:...` for the agent and the operator.
+    pub image: Option<String>,
     pub set: Vec<String>,
     pub set_string: Vec<String>,
 }
@@ -91,11 +94,16 @@ pub struct Values {
 impl Values {
     /// Merges and validates `sources` over the embedded defaults.
     pub fn load(sources: &ValueSources) -> Result<Self, ValuesError> {
+        Self::from_user(&user_values(sources)?)
+    }
+
+    /// Merges and validates a user tree (as [`user_values`] builds it, nulls kept) over
+    /// the embedded defaults.
+    pub fn from_user(user: &Value) -> Result<Self, ValuesError> {
         let defaults = default_values()?;
-        let user = user_values(sources)?;
-        check_known_keys(&defaults, &user)?;
+        check_known_keys(&defaults, user)?;
         let mut merged = defaults;
-        coalesce(&mut merged, &user);
+        coalesce(&mut merged, user);
         let settings = Settings::from_values(&merged)?;
         Ok(Values { merged, settings })
     }
@@ -138,6 +146,31 @@ pub fn user_values(sources: &ValueSources) -> Result<Value, ValuesError> {
             true,
         )?;
     }
+    if let Some(image) = &sources.image {
+        let (repository, rest) = split_image(image)?;
+        let mut img = Mapping::new();
+        img.insert("repository".into(), repository.into());
+        match rest {
+            ImageRest::Tag(tag) => {
+                img.insert("tag".into(), tag.into());
+                img.insert("useDigest".into(), false.into());
+            }
+            ImageRest::Digest(digest) => {
+                img.insert("digest".into(), digest.into());
+                img.insert("useDigest".into(), true.into());
+            }
+        }
+        let img = Value::Mapping(img);
+        let mut over = Mapping::new();
+        over.insert("image".into(), img.clone());
+        let mut op = Mapping::new();
+        op.insert("image".into(), img);
+        over.insert("operator".into(), Value::Mapping(op));
+        merge(&mut user, &Value::Mapping(over));
+    }
+    let Value::Mapping(map) = &mut user else {
+        unreachable!("user values start as a map");
+    };
     for s in &sources.set {
         strvals::parse_into(s, map, false)?;
     }
@@ -145,6 +178,41 @@ pub fn user_values(sources: &ValueSources) -> Result<Value, ValuesError> {
         strvals::parse_into(s, map, true)?;
     }
     Ok(user)
+}
+
+enum ImageRest {
+    Tag(String),
+    Digest(String),
+}
+
+/// `repo[:tag]` (tag `latest` when none, as Docker) or `repo@sha256:...`; a `:` before
+/// the last `/` is a registry port.
+fn split_image(s: &str) -> Result<(String, ImageRest), ValuesError> {
+    let bad = || ValuesError::Invalid {
+        key: "--image".into(),
+        msg: format!(
+            "{s:?} is not an image reference like localhost/cilium:1.2.3 or \
+             registry.example:5000/cilium@sha256:<64 hex digits>"
+        ),
+    };
+    if s.is_empty() || s.chars().any(char::is_whitespace) {
+        return Err(bad());
+    }
+    if let Some((repo, digest)) = s.split_once('@') {
+        if repo.is_empty() || digest.is_empty() {
+            return Err(bad());
+        }
+        return Ok((repo.to_string(), ImageRest::Digest(digest.to_string())));
+    }
+    let slash = s.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match s[slash..].rfind(':') {
+        Some(i) if slash + i + 1 == s.len() => Err(bad()),
+        Some(i) => Ok((
+            s[..slash + i].to_string(),
+            ImageRest::Tag(s[slash + i + 1..].to_string()),
+        )),
+        None => Ok((s.to_string(), ImageRest::Tag("latest".into()))),
+    }
 }
 
 fn read_file(path: &Path) -> Result<Value, ValuesError> {
@@ -374,6 +442,10 @@ pub struct Settings {
     pub hubble_enabled: bool,
     pub cni_bin_path: String,
     pub cni_conf_path: String,
+    /// `cni-uninstall` of cilium-config: the agent's preStop hook removes the CNI files.
+    pub cni_uninstall: bool,
+    /// The agent DaemonSet's rollingUpdate.maxUnavailable: a number or a percentage.
+    pub agent_max_unavailable: serde_json::Value,
     pub cgroup_host_root: String,
     pub agent: PodSettings,
     pub operator_enabled: bool,
@@ -531,6 +603,12 @@ impl Settings {
             hubble_enabled: g.bool("hubble.enabled")?,
             cni_bin_path: g.abs_path("cni.binPath")?,
             cni_conf_path: g.abs_path("cni.confPath")?,
+            cni_uninstall: g.bool("cni.uninstall")?,
+            agent_max_unavailable: max_unavailable(
+                "updateStrategy.rollingUpdate.maxUnavailable",
+                &g.opt_scalar("updateStrategy.rollingUpdate.maxUnavailable")?
+                    .unwrap_or_default(),
+            )?,
             cgroup_host_root: g.abs_path("cgroup.hostRoot")?,
             agent: g.pod("")?,
             operator_enabled,
@@ -598,6 +676,7 @@ impl Settings {
             self.maglev_table_size.to_string(),
         );
         put("enable-hubble", self.hubble_enabled.to_string());
+        put("cni-uninstall", self.cni_uninstall.to_string());
         put("cgroup-root", self.cgroup_host_root.clone());
         m
     }
@@ -632,6 +711,26 @@ fn parse_cidr(key: &str, s: &str) -> Result<Ipv4Net, ValuesError> {
         });
     }
     Ok(net)
+}
+
+/// A rolling update's maxUnavailable: a whole number of at least 1, or 1%..100%.
+fn max_unavailable(key: &str, s: &str) -> Result<serde_json::Value, ValuesError> {
+    let bad = || ValuesError::Invalid {
+        key: key.into(),
+        msg: format!(
+            "{s:?} is not a number of nodes (1, 2, ...) or a percentage (1%..100%); 1 replaces \
+             one node's agent at a time"
+        ),
+    };
+    let (digits, pct) = match s.strip_suffix('%') {
+        Some(d) => (d, true),
+        None => (s, false),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    if n == 0 || (pct && n > 100) {
+        return Err(bad());
+    }
+    Ok(if pct { s.into() } else { n.into() })
 }
 
 fn parse_int(key: &str, s: &str, min: u64, max: u64) -> Result<u64, ValuesError> {
@@ -1169,6 +1268,62 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("`debug.enabled` is required"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn image_sets_both_images_and_rolling_update_and_cni_uninstall_are_checked() {
+        let img = |s: &str| {
+            Values::load(&ValueSources {
+                image: Some(s.into()),
+                ..Default::default()
+            })
+        };
+        let v = img("registry.example:5000/team/cilium:v2").expect("image");
+        assert_eq!(
+            v.settings.agent.image.reference,
+            "registry.example:5000/team/cilium:v2"
+        );
+        assert_eq!(
+            v.settings.operator.image.reference,
+            v.settings.agent.image.reference
+        );
+        let v = img("registry.example:5000/cilium").expect("no tag");
+        assert_eq!(
+            v.settings.agent.image.reference,
+            "registry.example:5000/cilium:latest"
+        );
+        let d = format!("q/cilium@sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            img(&d).expect("digest").settings.operator.image.reference,
+            d
+        );
+        for bad in ["", "q/cilium:", "a b", "q/cilium@sha256:12"] {
+            assert!(img(bad).is_err(), "{bad:?}");
+        }
+        let e = img("q/cilium:").unwrap_err().to_string();
+        assert!(
+            e.contains("--image") && e.contains("localhost/cilium:1.2.3"),
+            "{e}"
+        );
+
+        let v = load(&[]).unwrap();
+        assert_eq!(v.settings.agent_max_unavailable, serde_json::json!(1));
+        assert!(!v.settings.cni_uninstall);
+        assert_eq!(v.settings.config_map()["cni-uninstall"], "false");
+        let v =
+            load(&["updateStrategy.rollingUpdate.maxUnavailable=25%,cni.uninstall=true"]).unwrap();
+        assert_eq!(v.settings.agent_max_unavailable, serde_json::json!("25%"));
+        assert_eq!(v.settings.config_map()["cni-uninstall"], "true");
+        for bad in ["0", "0%", "101%", "x", "-1"] {
+            let e = load_err(&[&format!(
+                "updateStrategy.rollingUpdate.maxUnavailable={bad}"
+            )]);
+            assert!(
+                e.contains("`updateStrategy.rollingUpdate.maxUnavailable`")
+                    && e.contains("percentage"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

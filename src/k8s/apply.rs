@@ -84,6 +84,11 @@ impl Object {
         }
     }
 
+    /// The object as JSON, as it is sent to the API server.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.body).unwrap_or_default()
+    }
+
     fn api(&self, client: &Client) -> Api<DynamicObject> {
         match &self.r.namespace {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &self.resource),
@@ -291,6 +296,29 @@ pub async fn wait_crds_established(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Reads the object as it is on the cluster (None: it does not exist).
+pub async fn get(client: &Client, o: &Object) -> Result<Option<serde_json::Value>, ApplyError> {
+    o.api(client)
+        .get_opt(&o.r.name)
+        .await
+        .map(|v| v.and_then(|v| serde_json::to_value(v).ok()))
+        .map_err(|e| api_error("reading", &o.r, e))
+}
+
+/// A JSON merge patch of the object (not an apply: it changes only the fields given,
+/// and leaves their field ownership as it is).
+pub async fn merge_patch(
+    client: &Client,
+    o: &Object,
+    patch: &serde_json::Value,
+) -> Result<(), ApplyError> {
+    o.api(client)
+        .patch(&o.r.name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| api_error("patching", &o.r, e))
 }
 
 /// What a delete found.

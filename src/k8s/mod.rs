@@ -7,3 +7,4 @@ pub mod crds;
 pub mod fake_api;
 pub mod rbac;
 pub mod status;
+pub mod upgrade;
