@@ -122,6 +122,7 @@ fn compute(pods: usize, policies: usize) -> (Duration, Duration, Duration, usize
             maglev_size: 16381,
             tunnel_ifindex: None,
             node_ipv4: None,
+            lb_dsr: false,
         },
     )
     .expect("loading the datapath (root, bpffs)");

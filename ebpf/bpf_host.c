@@ -21,6 +21,11 @@ volatile const __u32 MAGLEV_TABLE_SIZE = 16381;
  * 0 = no SNAT (single node). */
 volatile const __u32 NODE_IPV4 = 0;
 
+/* Set at load time: 1 = NodePort to remote backends in DSR mode (the service address
+ * travels to the backend's node in an IPv4 option, and the reply goes from there to the
+ * client), 0 = SNAT to NODE_IPV4. */
+volatile const __u32 LB_DSR = 0;
+
 #define SNAT_PORT_MIN 32768
 #define SNAT_PORT_RANGE 28232 /* up to 60999, as Linux's ephemeral range */
 #define SNAT_TRIES 8
@@ -165,6 +170,45 @@ static __always_inline int snat4_fwd(struct __sk_buff *skb, __be32 client, __be1
 	return 0;
 }
 
+/* Inserts the DSR option (the frontend) after the IPv4 header of a DNATed packet.
+ * Returns 0, or a drop reason. */
+static __always_inline int dsr_set_opt4(struct __sk_buff *skb, __be32 frontend, __be16 frontend_port)
+{
+	struct dsr_opt4 opt = {
+		.type = DSR_IPV4_OPT_TYPE,
+		.len = DSR_IPV4_OPT_LEN,
+		.port = frontend_port,
+		.addr = frontend,
+	};
+	void *data, *data_end;
+	struct iphdr *ip4;
+	__be16 old_w0, new_w0, old_len, new_len;
+	__s64 sum;
+
+	if (bpf_skb_adjust_room(skb, DSR_IPV4_OPT_LEN, BPF_ADJ_ROOM_NET, 0) < 0)
+		return DROP_WRITE_ERROR;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	ip4 = data + ETH_HLEN;
+	if ((void *)(ip4 + 1) > data_end)
+		return DROP_INVALID;
+	old_w0 = *(__be16 *)ip4; /* version, ihl, tos */
+	old_len = ip4->tot_len;
+	new_w0 = old_w0;
+	((__u8 *)&new_w0)[0] = 0x40 | 7; /* version 4, ihl 7 */
+	new_len = bpf_htons(bpf_ntohs(old_len) + DSR_IPV4_OPT_LEN);
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &new_w0, 2, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, tot_len), &new_len, 2, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(struct iphdr), &opt, sizeof(opt), 0) < 0)
+		return DROP_WRITE_ERROR;
+	sum = bpf_csum_diff(0, 0, (__be32 *)&opt, sizeof(opt), 0);
+	if (sum < 0 || bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_w0, new_w0, 2) < 0 ||
+	    bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_len, new_len, 2) < 0 ||
+	    bpf_l3_csum_replace(skb, IP_CSUM_OFF, 0, sum, 0) < 0)
+		return DROP_WRITE_ERROR;
+	return 0;
+}
+
 SEC("classifier")
 int cil_from_netdev(struct __sk_buff *skb)
 {
@@ -185,6 +229,16 @@ int cil_from_netdev(struct __sk_buff *skb)
 		if (reason < 0)
 			return drop(skb, DROP_WRITE_ERROR, METRIC_INGRESS);
 		if (reason > 0)
+			return fib_redirect(skb);
+	}
+	if (LB_DSR) {
+		/* A DSR reply crossing this node to its client: its source is a frontend of
+		 * this node, which the stack would drop as a martian; send it on directly. */
+		key.address = ip4->saddr;
+		key.dport = l.sport;
+		key.proto = l.proto;
+		key.scope = LB_SCOPE_EXT;
+		if (bpf_map_lookup_elem(&cilium_lb4_services, &key))
 			return fib_redirect(skb);
 	}
 	svc = lb4_frontend(ip4->daddr, l.dport, l.proto, &key);
@@ -210,8 +264,18 @@ int cil_from_netdev(struct __sk_buff *skb)
 			return drop(skb, DROP_INVALID, METRIC_INGRESS);
 		ek.ip4 = nip->daddr;
 		ep = bpf_map_lookup_elem(&cilium_lxc, &ek);
-		/* A backend on another node: SNAT, so its reply comes back through here. */
+		/* A backend on another node. DSR: the first packet tells the backend's node
+		 * the frontend, and the reply goes from there to the client. SNAT: the
+		 * backend sees this node, so its reply comes back through here. */
 		if (!ep || (ep->flags & ENDPOINT_F_HOST)) {
+			if (LB_DSR) {
+				if (l.proto == IPPROTO_UDP || (l.tcp_flags & 0x02 /* SYN */)) {
+					reason = dsr_set_opt4(skb, frontend, frontend_port);
+					if (reason)
+						return drop(skb, reason, METRIC_INGRESS);
+				}
+				return fib_redirect(skb);
+			}
 			reason = snat4_fwd(skb, client, client_port, frontend, frontend_port);
 			if (reason)
 				return drop(skb, reason, METRIC_INGRESS);

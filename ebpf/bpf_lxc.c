@@ -124,6 +124,15 @@ untranslated:
 	ct = ct_lookup4(&f, CT_EGRESS, len, &cte);
 	if (translated && cte)
 		cte->flags |= CT_F_LB;
+	/* The reply of a NodePort flow another node sent here in DSR mode leaves from the
+	 * service address, straight to the client. */
+	if (ct == CT_REPLY && cte && (cte->flags & CT_F_DSR)) {
+		err = lb4_rev_dnat(skb);
+		if (err)
+			return drop_flow(skb, err, METRIC_EGRESS, self->lxc_id, self->sec_id, 0, &f);
+		update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
+		return TC_ACT_OK;
+	}
 	if (ct != CT_REPLY && !f.related) {
 		if (self->flags & (ENDPOINT_F_EGRESS_ENFORCED | ENDPOINT_F_EGRESS_DENIES)) {
 			__u32 dst_id = ipcache_identity4(f.daddr);
@@ -228,6 +237,28 @@ int cil_to_container(struct __sk_buff *skb)
 		if (ct == CT_NEW) {
 			__u16 flags = 0;
 
+			/* DSR: the LB node put the service address in an IPv4 option; the
+			 * flow's replies get it back as their source (cil_from_container). */
+			if (ip4->ihl == 7 && (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP)) {
+				struct dsr_opt4 *opt = (void *)(ip4 + 1);
+
+				if ((void *)(opt + 1) <= data_end && opt->type == DSR_IPV4_OPT_TYPE &&
+				    opt->len == DSR_IPV4_OPT_LEN) {
+					struct lb4_rnat_key rk = {
+						.backend = f.daddr,
+						.client = f.saddr,
+						.backend_port = f.dport,
+						.client_port = f.sport,
+						.proto = f.proto,
+					};
+					struct lb4_rnat_val rv = { .frontend = opt->addr,
+								   .frontend_port = opt->port };
+
+					bpf_map_update_elem(&cilium_lb4_rnat, &rk, &rv, BPF_ANY);
+					flags |= CT_F_DSR;
+				}
+			}
+
 			/* From a local pod but not redirected by cil_from_container: the stack
 			 * forwarded it (and may have translated it). */
 			if (!from_mark) {
@@ -235,7 +266,7 @@ int cil_to_container(struct __sk_buff *skb)
 				struct endpoint_info *src = bpf_map_lookup_elem(&cilium_lxc, &sk);
 
 				if (src && !(src->flags & ENDPOINT_F_HOST))
-					flags = CT_F_VIA_STACK;
+					flags |= CT_F_VIA_STACK;
 			}
 			ct_create4(&f, CT_INGRESS, src_id, len, flags);
 		}

@@ -434,3 +434,110 @@ fn capture_vxlan(c: &LocalCluster, traffic: impl Fn()) -> Vec<String> {
     }
     records
 }
+
+#[test]
+fn nodeport_dsr_remote_backend_sees_the_client_and_answers_from_its_node() {
+    if !privileged() {
+        return;
+    }
+    // DSR's IPv4 option does not cross the VXLAN tunnel: refused, naming why.
+    let _ = cilium(&["local", "down", "--name", "t-dsr-tun"]);
+    let out = cilium(&[
+        "local",
+        "up",
+        "--name",
+        "t-dsr-tun",
+        "--nodes",
+        "2",
+        "--pod-cidr",
+        "10.231.0.0/16",
+        "--bpf-lb-mode",
+        "dsr",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dsr with the tunnel");
+    assert!(
+        err.contains("--routing-mode native") && err.contains("CONFIG_GENEVE"),
+        "{err}"
+    );
+    let _ = cilium(&["local", "down", "--name", "t-dsr-tun"]);
+
+    let _ = cilium(&["local", "down", "--name", "t-dsr"]);
+    let c = LocalCluster {
+        name: "t-dsr".into(),
+    };
+    ok(&[
+        "local",
+        "up",
+        "--name",
+        "t-dsr",
+        "--nodes",
+        "2",
+        "--pod-cidr",
+        "10.231.0.0/16",
+        "--routing",
+        "native",
+        "--bpf-lb-mode",
+        "dsr",
+    ]);
+    let st: serde_json::Value = serde_json::from_str(&ok(&[
+        "-H",
+        &node_socket(&c, "node1"),
+        "status",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert!(
+        st["kube_proxy_replacement"]
+            .as_str()
+            .unwrap()
+            .contains("DSR to remote backends"),
+        "{st}"
+    );
+    let web = c.run_pod(Some("node2"), "web", "app=web");
+    let l = in_ns(&c.pod_netns("web"), || {
+        TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], 8081))).unwrap()
+    });
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let peer = s.peer_addr().unwrap();
+            let _ = writeln!(s, "{}", peer.ip());
+        }
+    });
+    // The backend sees the client itself (world), not node1 (remote-node).
+    c.apply_ok(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-np, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.9.11\n  ports:\n  - {{name: peer, port: 81, targetPort: 8081, nodePort: 30081, protocol: TCP}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-np-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web-np}}\naddressType: IPv4\nports:\n- {{name: peer, port: 8081, protocol: TCP}}\nendpoints:\n- addresses: [{web}]\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: web}}\nspec:\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  ingress:\n  - fromEntities: [world]\n"
+    ));
+    settle_all(&c);
+    let outside = std::path::PathBuf::from(format!("/var/run/netns/cilium-{}.outside", c.name));
+    let np: SocketAddr = "203.0.113.1:30081".parse().unwrap();
+    for _ in 0..3 {
+        let seen = in_ns(&outside, || {
+            let s = TcpStream::connect_timeout(&np, Duration::from_secs(2))
+                .expect("NodePort in DSR mode answers from the service address");
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(s).read_line(&mut line).unwrap();
+            line
+        });
+        assert_eq!(
+            seen.trim(),
+            "203.0.113.2",
+            "the remote backend sees the client's address (DSR, no SNAT)"
+        );
+    }
+    // node1 translated nothing on the way back: no SNAT state for these flows.
+    let snat = ok(&[
+        "bpf",
+        "ct",
+        "list",
+        "--bpf-root",
+        "/sys/fs/bpf/cilium-local-t-dsr/node2",
+    ]);
+    assert!(
+        snat.lines()
+            .any(|l| l.contains("203.0.113.2") && l.contains(":8081") && l.contains("flags=0x")),
+        "node2 tracks the client's flow to its pod: {snat}"
+    );
+}

@@ -525,7 +525,7 @@ fn a_node_switches_from_kube_proxy_rules_to_replacement_and_keeps_connections() 
     }
     let c = LocalCluster::up_with(
         "t-svc-kpr",
-        "10.226.0.0/24",
+        "10.232.0.0/24",
         &["--kube-proxy-replacement", "false"],
     );
     let b1 = c.pod("b1");

@@ -55,6 +55,8 @@ ASSERT_SIZE(struct ct_key, 16);
 #define CT_F_RX_CLOSING 2 /* FIN/RST seen from the responder */
 #define CT_F_ESTABLISHED 4 /* a reply was seen */
 #define CT_F_LB 8 /* the flow was DNATed to a service backend: its replies need rev-NAT */
+#define CT_F_DSR 32 /* a NodePort flow whose LB node passed the service address (DSR): replies
+		      * leave from the service address */
 #define CT_F_VIA_STACK 16 /* a local pod's flow the node's stack delivered (netfilter may have
 			   * translated it, e.g. kube-proxy's DNAT): replies go back through
 			   * the stack, so its conntrack restores the addresses */

@@ -21,6 +21,19 @@ struct l4 {
 	__u8 tcp_flags; /* TCP: FIN=1 SYN=2 RST=4 ACK=16 */
 };
 
+/* NodePort DSR (Cilium's "opt" dispatch): the first packet of a flow to a remote
+ * backend carries the service address in an IPv4 option; the backend's node keeps it
+ * as the flow's reverse NAT and answers the client directly from the service address. */
+#define DSR_IPV4_OPT_TYPE 0x9a /* IPOPT_COPY | 0x1a, as Cilium */
+#define DSR_IPV4_OPT_LEN 8
+
+struct dsr_opt4 {
+	__u8 type;
+	__u8 len;
+	__be16 port;
+	__be32 addr;
+};
+
 /* lb4_dnat's answer for a packet it leaves untranslated (see there). */
 #define LB_NOT_TRANSLATED -1
 

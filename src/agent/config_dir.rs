@@ -12,7 +12,7 @@ use std::{
 
 use clap::{parser::ValueSource, ArgMatches, ValueEnum};
 
-use super::{AgentConfig, IdentityAllocationMode, PolicyMode, RoutingMode};
+use super::{AgentConfig, IdentityAllocationMode, LbMode, PolicyMode, RoutingMode};
 use crate::datapath::link::TunnelProtocol;
 
 /// Where the socket load balancer attaches when `kube-proxy-replacement` is true and the
@@ -111,6 +111,12 @@ pub const MAPPED: &[Mapped] = &[
         flag: "routing_mode",
         allowed: variants::<RoutingMode>,
         apply: |c, v, _| enum_value(v).map(|m| c.routing_mode = m),
+    },
+    Mapped {
+        key: "bpf-lb-mode",
+        flag: "bpf_lb_mode",
+        allowed: variants::<LbMode>,
+        apply: |c, v, _| enum_value(v).map(|m| c.bpf_lb_mode = m),
     },
     Mapped {
         key: "tunnel-protocol",
@@ -317,7 +323,6 @@ pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
         "bpf-lb-algorithm",
         "Maglev for NodePort frontends when --devices are set, random otherwise",
     ),
-    ("bpf-lb-mode", "SNAT to remote backends (no DSR)"),
     ("enable-hubble", "no Hubble server yet"),
 ];
 

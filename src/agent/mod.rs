@@ -136,6 +136,11 @@ pub struct AgentConfig {
     /// their addresses (Cilium's --devices), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<String>,
+    /// How NodePort reaches backends on other nodes: `snat` (the backend sees this
+    /// node; replies return through it) or `dsr` (direct server return: the backend
+    /// sees the client and answers it from its own node; needs native routing).
+    #[arg(long, value_enum, default_value = "snat")]
+    pub bpf_lb_mode: LbMode,
     /// Size of the Maglev tables (a prime: 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071).
     #[arg(long, default_value_t = 16381, value_parser = parse_maglev_size)]
     pub maglev_table_size: u32,
@@ -168,6 +173,16 @@ fn parse_maglev_size(s: &str) -> Result<u32, String> {
             crate::lb::maglev::SUPPORTED_SIZES
         ))
     }
+}
+
+/// Cilium's bpf-lb-mode.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LbMode {
+    Snat,
+    Dsr,
 }
 
 /// Cilium's routing-mode.
@@ -314,6 +329,14 @@ impl AgentState {
         source: Option<Arc<dyn source::Source>>,
         kube_config: Option<kube::Config>,
     ) -> Result<Self, AgentError> {
+        if config.bpf_lb_mode == LbMode::Dsr && config.routing_mode == RoutingMode::Tunnel {
+            return Err(AgentError::BadRequest(
+                "--bpf-lb-mode dsr needs --routing-mode native: the service address travels \
+                 in an IPv4 option, which the VXLAN tunnel does not carry (Cilium carries it in \
+                 a Geneve option, and this kernel has no geneve driver: CONFIG_GENEVE)"
+                    .into(),
+            ));
+        }
         let ipam = Ipam::new(config.pod_cidr, config.pod_cidr_v6)?;
         let endpoints = Endpoints::open(&config.state_dir)?;
         let netlink = Netlink::connect()?;
@@ -335,6 +358,7 @@ impl AgentState {
                 maglev_size: config.maglev_table_size,
                 tunnel_ifindex: tunnel.as_ref().map(|l| l.index),
                 node_ipv4: config.node_ip,
+                lb_dsr: config.bpf_lb_mode == LbMode::Dsr,
             },
         )?;
         let id_dir = config
@@ -764,9 +788,13 @@ impl AgentState {
             kube_proxy_replacement: match (self.config.cgroup_root.is_some(), self.config.devices.is_empty()) {
                 _ if !self.config.kube_proxy_replacement() => "False".into(),
                 (true, false) => format!(
-                    "True [socket LB (TCP, UDP, affinity); NodePort on {} (Maglev {}, SNAT to remote backends)]",
+                    "True [socket LB (TCP, UDP, affinity); NodePort on {} (Maglev {}, {} to remote backends)]",
                     self.config.devices.join(","),
-                    self.config.maglev_table_size
+                    self.config.maglev_table_size,
+                    match self.config.bpf_lb_mode {
+                        LbMode::Snat => "SNAT",
+                        LbMode::Dsr => "DSR",
+                    }
                 ),
                 (true, true) => "True [socket LB (TCP, UDP, affinity); no NodePort devices]".into(),
                 (false, false) => format!("Partial [NodePort on {}]", self.config.devices.join(",")),

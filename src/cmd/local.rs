@@ -55,6 +55,13 @@ pub struct NodeSpec {
     /// The agent's --kube-proxy-replacement.
     #[serde(default = "default_true")]
     pub kube_proxy_replacement: bool,
+    /// The agent's --bpf-lb-mode.
+    #[serde(default = "default_lb_mode")]
+    pub bpf_lb_mode: crate::agent::LbMode,
+}
+
+fn default_lb_mode() -> crate::agent::LbMode {
+    crate::agent::LbMode::Snat
 }
 
 fn default_true() -> bool {
@@ -350,6 +357,7 @@ pub struct UpOptions {
     pub routing: RoutingMode,
     pub tunnel_protocol: TunnelProtocol,
     pub kube_proxy_replacement: bool,
+    pub bpf_lb_mode: crate::agent::LbMode,
 }
 
 /// Splits the pod CIDR pool over the nodes: the whole pool for one node, a /24 each
@@ -445,6 +453,7 @@ async fn up_inner(opts: &UpOptions, dir: &Path) -> Result<Cluster> {
             routing: opts.routing,
             tunnel_protocol: opts.tunnel_protocol,
             kube_proxy_replacement: opts.kube_proxy_replacement,
+            bpf_lb_mode: opts.bpf_lb_mode,
         });
     }
     // Written before the agents start so `down` finds everything even if a start fails.
@@ -722,6 +731,11 @@ pub fn start_agent(node: &NodeSpec) -> Result<u32> {
             "--kube-proxy-replacement={}",
             node.kube_proxy_replacement
         ))
+        .arg("--bpf-lb-mode")
+        .arg(match node.bpf_lb_mode {
+            crate::agent::LbMode::Snat => "snat",
+            crate::agent::LbMode::Dsr => "dsr",
+        })
         .args(if node.devices.is_empty() {
             vec![]
         } else {

@@ -363,6 +363,10 @@ enum LocalCmd {
         /// balancing); `false` leaves services to iptables rules, as with kube-proxy
         #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
         kube_proxy_replacement: bool,
+        /// How NodePort reaches backends on other nodes: snat, or dsr (direct server
+        /// return; needs --routing native)
+        #[arg(long, value_enum, default_value = "snat")]
+        bpf_lb_mode: agent::LbMode,
         /// How long to wait for the agents
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
@@ -1245,6 +1249,7 @@ fn run_local(cmd: LocalCmd) -> Result<i32> {
             routing,
             tunnel_protocol,
             kube_proxy_replacement,
+            bpf_lb_mode,
             timeout,
         } => {
             let start = std::time::Instant::now();
@@ -1256,6 +1261,7 @@ fn run_local(cmd: LocalCmd) -> Result<i32> {
                 routing,
                 tunnel_protocol,
                 kube_proxy_replacement,
+                bpf_lb_mode,
             }))?;
             let list: Vec<String> = c
                 .nodes

@@ -111,6 +111,8 @@ pub struct DatapathConfig {
     pub tunnel_ifindex: Option<u32>,
     /// The node address NodePort flows to remote backends are SNATed to.
     pub node_ipv4: Option<std::net::Ipv4Addr>,
+    /// NodePort to remote backends by direct server return instead of SNAT.
+    pub lb_dsr: bool,
 }
 
 const PROG_FROM_OVERLAY: &str = "cil_from_overlay";
@@ -190,6 +192,7 @@ impl Datapath {
                     "NODE_IPV4",
                     cfg.node_ipv4.map(|ip| u32::from(ip).to_be()).unwrap_or(0),
                 ),
+                ("LB_DSR", u32::from(cfg.lb_dsr)),
             ],
         )?;
         load_programs(
