@@ -9,6 +9,7 @@ pub mod identity;
 pub mod identity_k8s;
 pub mod ipam;
 pub mod models;
+pub mod node_config;
 pub mod regen;
 pub mod services;
 pub mod store;

@@ -4,7 +4,14 @@
 //! create, the status subresource splitting spec and status writes), records every
 //! request (method, path, body, and the RBAC verb/group/resource it needs), and can be
 //! told to fail the next matching request or to store an object just before it (a
-//! concurrent writer). Lists honour equality-based label selectors (`k=v,k2==v2`).
+//! concurrent writer). Lists honour equality-based label and field selectors
+//! (`k=v,k2==v2`; field paths like `spec.nodeName`).
+//!
+//! To play a cluster rather than a bare store, a test adds reactors: each runs after a
+//! request succeeded, with the request, the response body and the store, and does what a
+//! controller or the kubelet would (recreate a DaemonSet's pod, report a node's state).
+//! [`FakeApi::set_unavailable`] makes every request fail with 503 until cleared: a lost
+//! connection to the API server.
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -37,6 +44,10 @@ pub struct Recorded {
 
 type Key = (String, String, Option<String>, String); // group, resource, namespace, name
 
+/// What a cluster does after a request succeeded: the request, the response body (the
+/// deleted object for a DELETE) and the store.
+pub type Reactor = Box<dyn Fn(&Recorded, &Value, &mut Store<'_>) + Send>;
+
 #[derive(Default)]
 struct Inner {
     objects: BTreeMap<Key, Value>,
@@ -47,6 +58,9 @@ struct Inner {
     /// (method, path suffix, object key, object): stored just before the next matching
     /// request is handled, as if another client had written it first.
     inserts: Vec<(String, String, Key, Value)>,
+    reactors: Vec<Reactor>,
+    /// Every request fails with 503 while set.
+    unavailable: bool,
 }
 
 #[derive(Clone, Default)]
@@ -99,19 +113,23 @@ fn parse_path(path: &str) -> Option<Parsed> {
     })
 }
 
-fn status(code: u16, reason: &str, message: &str) -> Response {
+fn fail(code: u16, reason: &str, message: &str) -> (StatusCode, Value) {
     (
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        axum::Json(json!({
+        json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {},
             "status": "Failure", "message": message, "reason": reason, "code": code,
-        })),
+        }),
     )
-        .into_response()
 }
 
-fn ok(code: StatusCode, v: &Value) -> Response {
-    (code, axum::Json(v.clone())).into_response()
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    let (code, body) = fail(code, reason, message);
+    (code, axum::Json(body)).into_response()
+}
+
+fn ok(code: StatusCode, v: &Value) -> (StatusCode, Value) {
+    (code, v.clone())
 }
 
 /// RFC 7386 JSON merge patch.
@@ -147,6 +165,23 @@ fn selector_of(query: &str) -> Vec<(String, String)> {
             let (k, v) = t.split_once('=')?;
             Some((
                 k.trim().to_string(),
+                v.trim_start_matches('=').trim().to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Field selector terms of a query (`fieldSelector=spec.nodeName=n1`), as JSON pointers.
+fn field_selector_of(query: &str) -> Vec<(String, String)> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    pairs
+        .iter()
+        .filter(|(k, _)| k == "fieldSelector")
+        .flat_map(|(_, sel)| sel.split(','))
+        .filter_map(|t| {
+            let (k, v) = t.split_once('=')?;
+            Some((
+                format!("/{}", k.trim().replace('.', "/")),
                 v.trim_start_matches('=').trim().to_string(),
             ))
         })
@@ -193,6 +228,9 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
         namespace: p.namespace.clone(),
         name: p.name.clone(),
     });
+    if st.unavailable {
+        return status(503, "ServiceUnavailable", "the API server is unavailable");
+    }
     if let Some(i) = st
         .failures
         .iter()
@@ -214,6 +252,27 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
     } else {
         format!("{}/{}", p.group, p.version)
     };
+    let recorded = st.requests.last().cloned();
+    let response = respond(&mut st, &p, &api_version, method, &query, &body);
+    if let (Some(r), true) = (recorded, response.0.is_success()) {
+        let reactors = std::mem::take(&mut st.reactors);
+        for react in &reactors {
+            react(&r, &response.1, &mut Store(&mut st));
+        }
+        st.reactors = reactors;
+    }
+    (response.0, axum::Json(response.1)).into_response()
+}
+
+/// Handles one request on the store: the status and the body to answer with.
+fn respond(
+    st: &mut Inner,
+    p: &Parsed,
+    api_version: &str,
+    method: Method,
+    query: &str,
+    body: &Value,
+) -> (StatusCode, Value) {
     let key = |name: &str| -> Key {
         (
             p.group.clone(),
@@ -224,7 +283,8 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
     };
     match (method, p.name.clone()) {
         (Method::GET, None) => {
-            let selector = selector_of(&query);
+            let selector = selector_of(query);
+            let fields = field_selector_of(query);
             let items: Vec<Value> = st
                 .objects
                 .iter()
@@ -237,6 +297,9 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
                     selector
                         .iter()
                         .all(|(k, want)| v["metadata"]["labels"][k].as_str() == Some(want))
+                        && fields
+                            .iter()
+                            .all(|(ptr, want)| v.pointer(ptr).and_then(Value::as_str) == Some(want))
                 })
                 .map(|(_, v)| v.clone())
                 .collect();
@@ -253,7 +316,7 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
         }
         (Method::GET, Some(name)) => match st.objects.get(&key(&name)) {
             Some(v) => ok(StatusCode::OK, v),
-            None => status(
+            None => fail(
                 404,
                 "NotFound",
                 &format!("{} {name:?} not found", p.resource),
@@ -265,10 +328,10 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
                 .and_then(Value::as_str)
                 .map(str::to_string)
             else {
-                return status(422, "Invalid", "metadata.name is required");
+                return fail(422, "Invalid", "metadata.name is required");
             };
             if st.objects.contains_key(&key(&name)) {
-                return status(409, "AlreadyExists", &format!("{name:?} already exists"));
+                return fail(409, "AlreadyExists", &format!("{name:?} already exists"));
             }
             st.rv += 1;
             let mut obj = body.clone();
@@ -287,11 +350,11 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
         }
         (m @ (Method::PUT | Method::PATCH), Some(name)) => {
             let Some(current) = st.objects.get(&key(&name)).cloned() else {
-                return status(404, "NotFound", &format!("{name:?} not found"));
+                return fail(404, "NotFound", &format!("{name:?} not found"));
             };
             if let Some(want) = rv_of(&body) {
                 if Some(&want) != rv_of(&current).as_ref() {
-                    return status(
+                    return fail(
                         409,
                         "Conflict",
                         "the object has been modified; please apply your changes to the latest version and try again",
@@ -330,7 +393,7 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
         }
         (Method::DELETE, Some(name)) => {
             let Some(current) = st.objects.get(&key(&name)).cloned() else {
-                return status(404, "NotFound", &format!("{name:?} not found"));
+                return fail(404, "NotFound", &format!("{name:?} not found"));
             };
             let pre = &body["preconditions"];
             let uid_ok = pre["uid"]
@@ -340,12 +403,12 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
                 .as_str()
                 .is_none_or(|r| Some(r) == current["metadata"]["resourceVersion"].as_str());
             if !uid_ok || !rv_ok {
-                return status(409, "Conflict", "precondition failed");
+                return fail(409, "Conflict", "precondition failed");
             }
             st.objects.remove(&key(&name));
             ok(StatusCode::OK, &current)
         }
-        _ => status(405, "MethodNotAllowed", "not supported by the double"),
+        _ => fail(405, "MethodNotAllowed", "not supported by the double"),
     }
 }
 
@@ -373,6 +436,59 @@ impl Inner {
             obj["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
         }
         self.objects.insert(key, obj);
+    }
+}
+
+/// The store as a reactor sees it (group "" for core, as [`FakeApi::insert`]).
+pub struct Store<'a>(&'a mut Inner);
+
+impl Store<'_> {
+    pub fn get(
+        &self,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
+        self.0
+            .objects
+            .get(&(
+                group.into(),
+                resource.into(),
+                namespace.map(str::to_string),
+                name.into(),
+            ))
+            .cloned()
+    }
+
+    /// Every object of a resource (all namespaces).
+    pub fn list(&self, group: &str, resource: &str) -> Vec<Value> {
+        self.0
+            .objects
+            .iter()
+            .filter(|((g, r, _, _), _)| g == group && r == resource)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Stores an object with a new resourceVersion.
+    pub fn put(&mut self, group: &str, resource: &str, obj: Value) {
+        let key = object_key(group, resource, &obj);
+        self.0.store(key, obj);
+    }
+
+    pub fn remove(&mut self, group: &str, resource: &str, namespace: Option<&str>, name: &str) {
+        self.0.objects.remove(&(
+            group.into(),
+            resource.into(),
+            namespace.map(str::to_string),
+            name.into(),
+        ));
+    }
+
+    /// From the next request on, every request fails with 503 (until cleared).
+    pub fn set_unavailable(&mut self, down: bool) {
+        self.0.unavailable = down;
     }
 }
 
@@ -465,6 +581,16 @@ impl FakeApi {
             .lock()
             .failures
             .push((method.into(), path_suffix.into(), code, reason.into()));
+    }
+
+    /// Adds a reactor: it runs after every successful request, in the order added.
+    pub fn react(&self, reactor: Reactor) {
+        self.shared.lock().reactors.push(reactor);
+    }
+
+    /// While `down`, every request is answered 503 (recorded all the same).
+    pub fn set_unavailable(&self, down: bool) {
+        self.shared.lock().unavailable = down;
     }
 
     /// Requests so far (and forgets them).
