@@ -3,6 +3,7 @@ pub mod connectivity;
 pub mod echo;
 pub mod install;
 pub mod local;
+pub mod migrate;
 pub mod perf;
 pub mod probe;
 
@@ -142,6 +143,9 @@ enum Cmd {
     /// The container image of this binary
     #[command(subcommand)]
     Image(install::ImageCmd),
+    /// Migrations of a Kubernetes cluster (kube-proxy to Cilium's kube-proxy replacement)
+    #[command(subcommand)]
+    Migrate(migrate::MigrateCmd),
 }
 
 #[derive(Debug, Args)]
@@ -580,6 +584,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
             ))
         }
         Cmd::Image(c) => install::run_image(c),
+        Cmd::Migrate(c) => migrate::run(c),
         Cmd::Agent(AgentArgs {
             cmd: Some(AgentCmd::InstallCni(a)),
             ..

@@ -5,5 +5,6 @@ pub mod cluster;
 pub mod crds;
 #[cfg(test)]
 pub mod fake_api;
+pub mod migrate;
 pub mod rbac;
 pub mod status;
