@@ -10,8 +10,8 @@
 //! To play a cluster rather than a bare store, a test adds reactors: each runs after a
 //! request succeeded, with the request, the response body and the store, and does what a
 //! controller or the kubelet would (recreate a DaemonSet's pod, report a node's state).
-//! [`FakeApi::set_unavailable`] makes every request fail with 503 until cleared: a lost
-//! connection to the API server.
+//! [`FakeApi::set_unavailable`] drops the connection of every request until cleared: a
+//! lost connection to the API server.
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -59,7 +59,7 @@ struct Inner {
     /// request is handled, as if another client had written it first.
     inserts: Vec<(String, String, Key, Value)>,
     reactors: Vec<Reactor>,
-    /// Every request fails with 503 while set.
+    /// Every request's connection drops while set.
     unavailable: bool,
 }
 
@@ -229,7 +229,12 @@ async fn handle(State(sh): State<Shared>, method: Method, uri: Uri, body: Bytes)
         name: p.name.clone(),
     });
     if st.unavailable {
-        return status(503, "ServiceUnavailable", "the API server is unavailable");
+        // The response head goes out, then the connection drops: the client sees a
+        // broken body (not a status it would retry).
+        let broken = futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("connection dropped"))
+        });
+        return axum::body::Body::from_stream(broken).into_response();
     }
     if let Some(i) = st
         .failures
@@ -486,7 +491,7 @@ impl Store<'_> {
         ));
     }
 
-    /// From the next request on, every request fails with 503 (until cleared).
+    /// From the next request on, every request's connection drops (until cleared).
     pub fn set_unavailable(&mut self, down: bool) {
         self.0.unavailable = down;
     }
@@ -588,7 +593,7 @@ impl FakeApi {
         self.shared.lock().reactors.push(reactor);
     }
 
-    /// While `down`, every request is answered 503 (recorded all the same).
+    /// While `down`, every request's connection drops mid-response (recorded all the same).
     pub fn set_unavailable(&self, down: bool) {
         self.shared.lock().unavailable = down;
     }

@@ -499,6 +499,25 @@ impl Migrator {
         let o = &self.opts;
         let ns = &o.namespace;
         match (o.action, &record) {
+            (Action::Rollback, Some(r)) if matches!(r.phase, Phase::Finishing | Phase::Done) => {
+                return Err(MigrateError::Refused(format!(
+                    "the migration {} (ConfigMap {ns}/{STATUS_CONFIGMAP}: phase {}): kube-proxy \
+                     {} removed, so there is nothing to roll back to. To go back, reinstall \
+                     kube-proxy (e.g. `kubeadm init phase addon kube-proxy`), set {KPR_KEY} to \
+                     \"false\" in ConfigMap {ns}/{CILIUM_CONFIG} and restart the agents",
+                    if r.phase == Phase::Done {
+                        "is finished"
+                    } else {
+                        "is finishing"
+                    },
+                    r.phase,
+                    if r.phase == Phase::Done {
+                        "was"
+                    } else {
+                        "is being"
+                    },
+                )))
+            }
             (_, Some(r)) if r.phase == Phase::Done => {
                 return Ok(Prepared::Nothing(format!(
                     "The migration to kube-proxy replacement is finished (ConfigMap \
@@ -531,15 +550,6 @@ impl Migrator {
                      kube-proxy; {} or {} migrates them",
                     o.cmd("--all"),
                     o.cmd("--nodes NODE,...")
-                )))
-            }
-            (Action::Rollback, Some(r)) if r.phase == Phase::Finishing => {
-                return Err(MigrateError::Refused(format!(
-                    "every node is migrated and kube-proxy is being removed: {} finishes it. \
-                     Going back from there means reinstalling kube-proxy (e.g. `kubeadm init \
-                     phase addon kube-proxy`) and setting {KPR_KEY}=false in ConfigMap \
-                     {ns}/{CILIUM_CONFIG}, then restarting the agents",
-                    o.cmd("--resume")
                 )))
             }
             _ => {}

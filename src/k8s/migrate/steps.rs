@@ -920,9 +920,3 @@ fn record_of(record: &Record, node: &str) -> NodeRecord {
 fn fmt_secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }
-
-/// Used by the tests for the probe pods' names.
-#[cfg(test)]
-pub(super) fn probe_pod_name(node: &str) -> String {
-    probe_name(node)
-}
