@@ -357,7 +357,7 @@ fn respond(
             let Some(current) = st.objects.get(&key(&name)).cloned() else {
                 return fail(404, "NotFound", &format!("{name:?} not found"));
             };
-            if let Some(want) = rv_of(&body) {
+            if let Some(want) = rv_of(body) {
                 if Some(&want) != rv_of(&current).as_ref() {
                     return fail(
                         409,

@@ -197,7 +197,7 @@ impl Report for Lines {
 pub enum Prepared {
     /// Nothing to do (already migrated ...): the reason.
     Nothing(String),
-    Plan(Plan),
+    Plan(Box<Plan>),
 }
 
 /// What a run will do.
@@ -807,7 +807,7 @@ impl Migrator {
             .filter(|(name, s)| **s != NodeState::Done && !todo.contains(name))
             .map(|(n, _)| n.clone())
             .collect();
-        Ok(Prepared::Plan(Plan {
+        Ok(Prepared::Plan(Box::new(Plan {
             action: Action::Migrate,
             record: Record {
                 phase: Phase::Migrating,
@@ -826,7 +826,7 @@ impl Migrator {
             namespace: ns.clone(),
             kube_proxy: o.kube_proxy(),
             max_unavailable: o.max_unavailable,
-        }))
+        })))
     }
 
     /// The API server's address as the `kubernetes` Endpoints name it, for the hint.
@@ -915,7 +915,7 @@ impl Migrator {
             .collect();
         let kube_proxy = self.read_kube_proxy().await?;
         let (image, cluster_ip) = self.probe_target().await?;
-        Ok(Prepared::Plan(Plan {
+        Ok(Prepared::Plan(Box::new(Plan {
             action: Action::Resume,
             record_exists: true,
             finish: remaining.is_empty(),
@@ -929,7 +929,7 @@ impl Migrator {
             kube_proxy: o.kube_proxy(),
             max_unavailable: o.max_unavailable,
             record,
-        }))
+        })))
     }
 
     async fn plan_rollback(&self, mut record: Record) -> Result<Prepared, MigrateError> {
@@ -951,7 +951,7 @@ impl Migrator {
                 o.cmd("--rollback")
             )));
         }
-        Ok(Prepared::Plan(Plan {
+        Ok(Prepared::Plan(Box::new(Plan {
             action: Action::Rollback,
             record_exists: true,
             finish: false,
@@ -965,6 +965,6 @@ impl Migrator {
             kube_proxy: o.kube_proxy(),
             max_unavailable: 1,
             record,
-        }))
+        })))
     }
 }

@@ -369,7 +369,7 @@ impl Sim {
 
 fn plan_of(p: Prepared) -> Plan {
     match p {
-        Prepared::Plan(p) => p,
+        Prepared::Plan(p) => *p,
         Prepared::Nothing(why) => panic!("expected a plan, got: {why}"),
     }
 }
