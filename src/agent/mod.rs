@@ -10,6 +10,7 @@ pub mod identity_k8s;
 pub mod ipam;
 pub mod kube_proxy;
 pub mod models;
+pub mod node_config;
 pub mod publish_k8s;
 pub mod regen;
 pub mod services;

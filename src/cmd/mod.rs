@@ -3,6 +3,7 @@ pub mod connectivity;
 pub mod echo;
 pub mod install;
 pub mod local;
+pub mod migrate;
 pub mod perf;
 pub mod probe;
 pub mod upgrade;
@@ -146,6 +147,9 @@ enum Cmd {
     /// The container image of this binary
     #[command(subcommand)]
     Image(install::ImageCmd),
+    /// Migrations of a Kubernetes cluster (kube-proxy to Cilium's kube-proxy replacement)
+    #[command(subcommand)]
+    Migrate(migrate::MigrateCmd),
 }
 
 #[derive(Debug, Args)]
@@ -532,6 +536,27 @@ fn log_config_dir(a: &agent::config_dir::Applied, dir: &std::path::Path) {
     }
 }
 
+/// What the CiliumNodeConfigs of the cluster did to this node's configuration.
+fn log_node_config(outcome: Option<&agent::node_config::Outcome>) {
+    use agent::node_config::Outcome;
+    match outcome {
+        None | Some(Outcome::NotOnKubernetes) => {}
+        Some(Outcome::Applied { configs, keys }) if configs.is_empty() => {
+            tracing::debug!("no CiliumNodeConfig selects this node");
+            debug_assert!(keys.is_empty());
+        }
+        Some(Outcome::Applied { configs, keys }) => tracing::info!(
+            configs = %configs.join(","),
+            keys = %keys.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+            "CiliumNodeConfig overrides applied"
+        ),
+        Some(Outcome::Unreachable(reason)) => tracing::warn!(
+            %reason,
+            "could not read this node's CiliumNodeConfigs; using the configuration directory alone"
+        ),
+    }
+}
+
 fn init_logging(level: &str, format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -587,6 +612,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
             ))
         }
         Cmd::Image(c) => install::run_image(c),
+        Cmd::Migrate(c) => migrate::run(c),
         Cmd::Agent(AgentArgs {
             cmd: Some(AgentCmd::InstallCni(a)),
             ..
@@ -631,9 +657,15 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
             cmd: None,
             config: mut cfg,
         }) => {
+            let mut node_config = None;
             let applied = match (&cfg.config_dir, matches.subcommand_matches("agent")) {
                 (Some(dir), Some(m)) => {
-                    let dir = agent::config_dir::ConfigDir::read(dir)?;
+                    let mut dir = agent::config_dir::ConfigDir::read(dir)?;
+                    // On Kubernetes, CiliumNodeConfigs selecting this node override keys.
+                    if cfg.netns.is_none() {
+                        node_config =
+                            Some(agent::node_config::apply_at_start(&mut dir, &cfg.node_name));
+                    }
                     Some((agent::config_dir::apply(&mut cfg, &dir, m)?, dir.path))
                 }
                 _ => None,
@@ -653,6 +685,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
             if let Some((a, dir)) = applied {
                 log_config_dir(&a, &dir);
             }
+            log_node_config(node_config.as_ref());
             // Enter the node's namespace before any thread exists, so every thread is in it.
             if let Some(ns) = &cfg.netns {
                 datapath::netns::enter(ns)?;

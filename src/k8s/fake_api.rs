@@ -13,6 +13,15 @@
 //! (after [`FakeApi::compact`]) gets an ERROR event with a 410 Expired Status, as the API
 //! server answers; no bookmarks. [`FakeApi::set_down`] makes the double an API server
 //! that is away: every request fails with 503 and open watches end.
+//!
+//! concurrent writer). Lists honour equality-based label and field selectors
+//! (`k=v,k2==v2`; field paths like `spec.nodeName`).
+//!
+//! To play a cluster rather than a bare store, a test adds reactors: each runs after a
+//! request succeeded, with the request, the response body and the store, and does what a
+//! controller or the kubelet would (recreate a DaemonSet's pod, report a node's state).
+//! [`FakeApi::set_unavailable`] drops the connection of every request until cleared: a
+//! lost connection to the API server.
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -47,6 +56,10 @@ pub struct Recorded {
 
 type Key = (String, String, Option<String>, String); // group, resource, namespace, name
 
+/// What a cluster does after a request succeeded: the request, the response body (the
+/// deleted object for a DELETE) and the store.
+pub type Reactor = Box<dyn Fn(&Recorded, &Value, &mut Store<'_>) + Send>;
+
 #[derive(Default)]
 struct Inner {
     objects: BTreeMap<Key, Value>,
@@ -65,6 +78,9 @@ struct Inner {
     down: bool,
     /// Tells open watches that something happened (the latest resourceVersion).
     changed: Option<tokio::sync::watch::Sender<u64>>,
+    reactors: Vec<Reactor>,
+    /// Every request's connection drops while set.
+    unavailable: bool,
 }
 
 #[derive(Clone, Default)]
@@ -117,19 +133,23 @@ fn parse_path(path: &str) -> Option<Parsed> {
     })
 }
 
-fn status(code: u16, reason: &str, message: &str) -> Response {
+fn fail(code: u16, reason: &str, message: &str) -> (StatusCode, Value) {
     (
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        axum::Json(json!({
+        json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {},
             "status": "Failure", "message": message, "reason": reason, "code": code,
-        })),
+        }),
     )
-        .into_response()
 }
 
-fn ok(code: StatusCode, v: &Value) -> Response {
-    (code, axum::Json(v.clone())).into_response()
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    let (code, body) = fail(code, reason, message);
+    (code, axum::Json(body)).into_response()
+}
+
+fn ok(code: StatusCode, v: &Value) -> (StatusCode, Value) {
+    (code, v.clone())
 }
 
 /// RFC 7386 JSON merge patch.
@@ -363,6 +383,14 @@ async fn handle(
         namespace: p.namespace.clone(),
         name: p.name.clone(),
     });
+    if st.unavailable {
+        // The response head goes out, then the connection drops: the client sees a
+        // broken body (not a status it would retry).
+        let broken = futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("connection dropped"))
+        });
+        return axum::body::Body::from_stream(broken).into_response();
+    }
     if st.down {
         return status(
             503,
@@ -391,6 +419,40 @@ async fn handle(
     } else {
         format!("{}/{}", p.group, p.version)
     };
+    if method == Method::GET && p.name.is_none() && verb == "watch" {
+        drop(st);
+        return watch_response(sh.clone(), &p, &query);
+    }
+    let recorded = st.requests.last().cloned();
+    let response = respond(
+        &mut st,
+        &p,
+        &api_version,
+        method,
+        &query,
+        &body,
+        &content_type,
+    );
+    if let (Some(r), true) = (recorded, response.0.is_success()) {
+        let reactors = std::mem::take(&mut st.reactors);
+        for react in &reactors {
+            react(&r, &response.1, &mut Store(&mut st));
+        }
+        st.reactors = reactors;
+    }
+    (response.0, axum::Json(response.1)).into_response()
+}
+
+/// Handles one request on the store: the status and the body to answer with.
+fn respond(
+    st: &mut Inner,
+    p: &Parsed,
+    api_version: &str,
+    method: Method,
+    query: &str,
+    body: &Value,
+    content_type: &str,
+) -> (StatusCode, Value) {
     let key = |name: &str| -> Key {
         (
             p.group.clone(),
@@ -401,10 +463,6 @@ async fn handle(
     };
     let is_apply = content_type.starts_with("application/apply-patch");
     match (method, p.name.clone()) {
-        (Method::GET, None) if verb == "watch" => {
-            drop(st);
-            watch_response(sh.clone(), &p, &query)
-        }
         (Method::GET, None) => {
             let items: Vec<Value> = st
                 .objects
@@ -414,7 +472,7 @@ async fn handle(
                         && *r == p.resource
                         && (p.namespace.is_none() || *ns == p.namespace)
                 })
-                .filter(|(_, v)| selected(v, &query))
+                .filter(|(_, v)| selected(v, query))
                 .map(|(_, v)| v.clone())
                 .collect();
             let kind = items
@@ -430,7 +488,7 @@ async fn handle(
         }
         (Method::GET, Some(name)) => match st.objects.get(&key(&name)) {
             Some(v) => ok(StatusCode::OK, v),
-            None => status(
+            None => fail(
                 404,
                 "NotFound",
                 &format!("{} {name:?} not found", p.resource),
@@ -449,13 +507,13 @@ async fn handle(
                 .and_then(Value::as_str)
                 .map(str::to_string)
             else {
-                return status(422, "Invalid", "metadata.name is required");
+                return fail(422, "Invalid", "metadata.name is required");
             };
             if m == Method::PATCH && Some(&name) != p.name.as_ref() {
-                return status(422, "Invalid", "metadata.name does not match the path");
+                return fail(422, "Invalid", "metadata.name does not match the path");
             }
             if st.objects.contains_key(&key(&name)) {
-                return status(409, "AlreadyExists", &format!("{name:?} already exists"));
+                return fail(409, "AlreadyExists", &format!("{name:?} already exists"));
             }
             st.rv += 1;
             let mut obj = body.clone();
@@ -475,11 +533,11 @@ async fn handle(
         }
         (m @ (Method::PUT | Method::PATCH), Some(name)) => {
             let Some(current) = st.objects.get(&key(&name)).cloned() else {
-                return status(404, "NotFound", &format!("{name:?} not found"));
+                return fail(404, "NotFound", &format!("{name:?} not found"));
             };
-            if let Some(want) = rv_of(&body) {
+            if let Some(want) = rv_of(body) {
                 if Some(&want) != rv_of(&current).as_ref() {
-                    return status(
+                    return fail(
                         409,
                         "Conflict",
                         "the object has been modified; please apply your changes to the latest version and try again",
@@ -520,7 +578,7 @@ async fn handle(
         }
         (Method::DELETE, Some(name)) => {
             let Some(current) = st.objects.get(&key(&name)).cloned() else {
-                return status(404, "NotFound", &format!("{name:?} not found"));
+                return fail(404, "NotFound", &format!("{name:?} not found"));
             };
             let pre = &body["preconditions"];
             let uid_ok = pre["uid"]
@@ -530,7 +588,7 @@ async fn handle(
                 .as_str()
                 .is_none_or(|r| Some(r) == current["metadata"]["resourceVersion"].as_str());
             if !uid_ok || !rv_ok {
-                return status(409, "Conflict", "precondition failed");
+                return fail(409, "Conflict", "precondition failed");
             }
             st.objects.remove(&key(&name));
             st.rv += 1;
@@ -538,7 +596,7 @@ async fn handle(
             st.event(rv, "DELETED", key(&name), &current);
             ok(StatusCode::OK, &current)
         }
-        _ => status(405, "MethodNotAllowed", "not supported by the double"),
+        _ => fail(405, "MethodNotAllowed", "not supported by the double"),
     }
 }
 
@@ -585,6 +643,59 @@ impl Inner {
         if let Some(tx) = &self.changed {
             tx.send_replace(rv);
         }
+    }
+}
+
+/// The store as a reactor sees it (group "" for core, as [`FakeApi::insert`]).
+pub struct Store<'a>(&'a mut Inner);
+
+impl Store<'_> {
+    pub fn get(
+        &self,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
+        self.0
+            .objects
+            .get(&(
+                group.into(),
+                resource.into(),
+                namespace.map(str::to_string),
+                name.into(),
+            ))
+            .cloned()
+    }
+
+    /// Every object of a resource (all namespaces).
+    pub fn list(&self, group: &str, resource: &str) -> Vec<Value> {
+        self.0
+            .objects
+            .iter()
+            .filter(|((g, r, _, _), _)| g == group && r == resource)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Stores an object with a new resourceVersion.
+    pub fn put(&mut self, group: &str, resource: &str, obj: Value) {
+        let key = object_key(group, resource, &obj);
+        self.0.store(key, obj);
+    }
+
+    pub fn remove(&mut self, group: &str, resource: &str, namespace: Option<&str>, name: &str) {
+        self.0.objects.remove(&(
+            group.into(),
+            resource.into(),
+            namespace.map(str::to_string),
+            name.into(),
+        ));
+    }
+
+    /// From the next request on, every request's connection drops (until cleared).
+    pub fn set_unavailable(&mut self, down: bool) {
+        self.0.unavailable = down;
     }
 }
 
@@ -699,6 +810,16 @@ impl FakeApi {
             .lock()
             .failures
             .push((method.into(), path_suffix.into(), code, reason.into()));
+    }
+
+    /// Adds a reactor: it runs after every successful request, in the order added.
+    pub fn react(&self, reactor: Reactor) {
+        self.shared.lock().reactors.push(reactor);
+    }
+
+    /// While `down`, every request's connection drops mid-response (recorded all the same).
+    pub fn set_unavailable(&self, down: bool) {
+        self.shared.lock().unavailable = down;
     }
 
     /// Requests so far (and forgets them).

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod crds;
 #[cfg(test)]
 pub mod fake_api;
+pub mod migrate;
 pub mod rbac;
 pub mod status;
 pub mod upgrade;

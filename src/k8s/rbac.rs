@@ -59,6 +59,13 @@ pub const AGENT_RULES: &[Rule] = &[
         resources: &["ciliumnodes"],
         verbs: &["get", "list", "watch", "create", "patch"],
     },
+    // CiliumNodeConfigs of the agent's namespace: per-node overrides of cilium-config,
+    // read once at start (src/agent/node_config.rs; kube-proxy migration uses them).
+    Rule {
+        api_groups: &["cilium.io"],
+        resources: &["ciliumnodeconfigs"],
+        verbs: &["list"],
+    },
     // Its endpoints, applied and deleted; the other nodes' endpoints -> ipcache.
     Rule {
         api_groups: &["cilium.io"],
@@ -99,6 +106,7 @@ pub const AGENT_CALLS: &[(&str, &str, &str)] = &[
     ("cilium.io", "ciliumnodes", "watch"),
     ("cilium.io", "ciliumnodes", "patch"),
     ("cilium.io", "ciliumnodes", "create"),
+    ("cilium.io", "ciliumnodeconfigs", "list"),
     ("cilium.io", "ciliumendpoints", "list"),
     ("cilium.io", "ciliumendpoints", "watch"),
     ("cilium.io", "ciliumendpoints", "patch"),
