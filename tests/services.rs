@@ -598,6 +598,28 @@ fn a_node_switches_from_kube_proxy_rules_to_replacement_and_keeps_connections() 
     let owner = next().expect("greeting through kube-proxy's rules");
     assert!(owner == "b1" || owner == "b2", "greeting {owner:?}");
 
+    // More connections kube-proxy translated, spread over both backends: every one of
+    // them must survive the switch (the figure the migration reports).
+    let mut conns: Vec<(String, BufReader<std::net::TcpStream>)> = (0..20)
+        .map(|_| {
+            let s = in_ns(&c.pod_netns("client"), || {
+                std::net::TcpStream::connect_timeout(
+                    &"10.96.2.10:80".parse().unwrap(),
+                    std::time::Duration::from_secs(2),
+                )
+            })
+            .expect("connection through kube-proxy's rules");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let mut r = BufReader::new(s);
+            let mut hello = String::new();
+            r.read_line(&mut hello).unwrap();
+            (hello.trim().to_string(), r)
+        })
+        .collect();
+    let owners: std::collections::BTreeSet<&str> = conns.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(owners.len(), 2, "kube-proxy spread them: {owners:?}");
+
     // The switch: the agent restarts replacing kube-proxy and removes its chains.
     ok(&[
         "local",
@@ -637,6 +659,21 @@ fn a_node_switches_from_kube_proxy_rules_to_replacement_and_keeps_connections() 
             "the connection opened through kube-proxy survives the switch"
         );
     }
+    let mut dropped = 0;
+    for (owner, r) in conns.iter_mut() {
+        let mut line = String::new();
+        let ok = r.get_mut().write_all(b"ping\n").is_ok()
+            && r.read_line(&mut line).is_ok()
+            && line.trim() == format!("{owner}:ping");
+        if !ok {
+            dropped += 1;
+        }
+    }
+    eprintln!(
+        "FIGURE kube-proxy -> replacement switch: {dropped} of {} established connections dropped",
+        conns.len() + 1
+    );
+    assert_eq!(dropped, 0, "connections dropped by the switch");
     // New connections go through the socket load balancer, to both backends.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..16 {
