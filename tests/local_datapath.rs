@@ -297,3 +297,27 @@ fn down_of_one_cluster_spares_a_cluster_whose_name_extends_it() {
     assert!(long.ping("a", &ip), "t-pre-x's pod still has its network");
     assert_eq!(long.json(&["status"])["endpoints"], 1);
 }
+
+#[test]
+fn cgroup2_is_mounted_where_the_agent_needs_it_and_a_busy_directory_is_refused() {
+    if !privileged() {
+        return;
+    }
+    use cilium::datapath::loader::{ensure_cgroup2, is_cgroup2};
+    let dir = std::env::temp_dir().join(format!("cilium-cg2-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!is_cgroup2(&dir));
+    ensure_cgroup2(&dir).expect("mounting cgroup2 on an empty directory");
+    assert!(is_cgroup2(&dir), "{} is cgroup2 now", dir.display());
+    ensure_cgroup2(&dir).expect("already cgroup2: nothing to do");
+    nix::mount::umount(&dir).expect("unmount");
+    // Something else lives there: refused, not mounted over.
+    std::fs::write(dir.join("file"), "x").unwrap();
+    let e = ensure_cgroup2(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("not empty") && e.contains("--cgroup-root"),
+        "{e}"
+    );
+    assert!(!is_cgroup2(&dir));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

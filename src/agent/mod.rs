@@ -444,6 +444,7 @@ impl AgentState {
             st.config.kube_proxy_replacement(),
         ) {
             (Some(cg), true) => {
+                crate::datapath::loader::ensure_cgroup2(&cg)?;
                 st.datapath.attach_cgroup(&cg)?;
                 info!(cgroup = %cg.display(), "socket load balancer attached");
             }

@@ -20,6 +20,8 @@ use super::maps::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
+    #[error("cgroup v2 at {path}: {reason}")]
+    Cgroup2Mount { path: PathBuf, reason: String },
     #[error("bpffs is not mounted at /sys/fs/bpf and mounting it failed: {0}; mount it with `mount -t bpf bpf /sys/fs/bpf`")]
     BpffsMount(#[source] nix::Error),
     #[error("creating {path}: {source}")]
@@ -83,6 +85,50 @@ pub fn ensure_bpffs() -> Result<()> {
         None::<&str>,
     )
     .map_err(DatapathError::BpffsMount)
+}
+
+/// Makes sure `dir` is in a cgroup v2 hierarchy, mounting one there when it is not
+/// (Cilium's /run/cilium/cgroupv2 on hosts that mount cgroup v1 only, or whose cgroup2
+/// is elsewhere): the socket load balancer attaches to it. A directory that is neither
+/// cgroup2 nor empty is refused rather than mounted over.
+pub fn ensure_cgroup2(dir: &Path) -> Result<()> {
+    if is_cgroup2(dir) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|source| DatapathError::Dir {
+        path: dir.into(),
+        source,
+    })?;
+    let empty = std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
+    if !empty {
+        return Err(DatapathError::Cgroup2Mount {
+            path: dir.into(),
+            reason: "it is not in a cgroup v2 hierarchy and not empty; give --cgroup-root a \
+                     cgroup2 directory or an empty one"
+                .into(),
+        });
+    }
+    nix::mount::mount(
+        Some("none"),
+        dir,
+        Some("cgroup2"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| DatapathError::Cgroup2Mount {
+        path: dir.into(),
+        reason: format!("mount -t cgroup2 failed: {e}"),
+    })
+}
+
+/// Whether `p` lies in a cgroup v2 hierarchy.
+pub fn is_cgroup2(p: &Path) -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
+    nix::sys::statfs::statfs(p)
+        .map(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
 }
 
 fn is_bpffs(p: &Path) -> bool {
