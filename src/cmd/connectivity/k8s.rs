@@ -949,3 +949,766 @@ impl Platform for K8sEnv {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::k8s::fake_api::{ExecCall, ExecReply, FakeApi};
+
+    /// Schedulable workers (name, InternalIP); a tainted control plane besides.
+    const NODES: [(&str, &str); 2] = [("worker-a", "172.18.0.2"), ("worker-b", "172.18.0.3")];
+    const NS: &str = DEFAULT_TEST_NAMESPACE;
+    const IMAGE: &str = "localhost/cilium:kind-e2e";
+
+    /// How the double's "cluster" behaves.
+    #[derive(Clone, Default)]
+    struct Sim {
+        /// The datapath follows the policies (else everything passes).
+        enforce: bool,
+        /// Pods of this workload never become Ready.
+        never_ready: Option<&'static str>,
+        /// Only the first worker is schedulable.
+        one_node: bool,
+        /// Policy drops per node.
+        drops: Arc<Mutex<BTreeMap<String, u64>>>,
+    }
+
+    fn node_ip(node: &str) -> &'static str {
+        NODES
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|n| n.1)
+            .unwrap_or("172.18.0.9")
+    }
+
+    fn labels_match(want: &Value, have: &Value) -> bool {
+        want.as_object()
+            .into_iter()
+            .flatten()
+            .all(|(k, v)| have.get(k) == Some(v))
+    }
+
+    fn pod_node(p: &Value) -> String {
+        p["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// kube-controller-manager and the scheduler, at once: pods for Deployments (their
+    /// pod (anti-)affinity to `name=client` honoured) and DaemonSets, addresses for
+    /// Services.
+    fn controller(sim: Sim) -> crate::k8s::fake_api::Controller {
+        Arc::new(move |group, resource, obj, all| {
+            let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            let workers: Vec<&str> = NODES
+                .iter()
+                .map(|n| n.0)
+                .take(if sim.one_node { 1 } else { 2 })
+                .collect();
+            let index = |n: &str| {
+                [CLIENT, CLIENT2, ECHO_SAME, ECHO_OTHER, HOST_NETNS]
+                    .iter()
+                    .position(|x| *x == n)
+                    .unwrap_or(9)
+            };
+            let pod = |pod_name: String, node: &str, template: &Value| {
+                let host = template["spec"]["hostNetwork"] == json!(true);
+                let ni = NODES.iter().position(|n| n.0 == node).unwrap_or(0);
+                let ip = if host {
+                    node_ip(node).to_string()
+                } else {
+                    format!("10.0.{ni}.{}", 10 + index(name))
+                };
+                let mut spec = template["spec"].clone();
+                spec["nodeName"] = json!(node);
+                let ready = sim.never_ready != Some(name);
+                let status = if ready {
+                    json!({"phase": "Running", "podIP": ip, "hostIP": node_ip(node),
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                        "containerStatuses": [{"name": name, "ready": true, "restartCount": 0, "image": IMAGE, "imageID": "", "state": {"running": {}}}]})
+                } else {
+                    json!({"phase": "Pending", "hostIP": node_ip(node),
+                        "conditions": [{"type": "Ready", "status": "False"}],
+                        "containerStatuses": [{"name": name, "ready": false, "restartCount": 0, "image": IMAGE, "imageID": "",
+                            "state": {"waiting": {"reason": "ErrImagePull", "message": format!("pulling {IMAGE}: not found")}}}]})
+                };
+                json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod_name, "namespace": ns, "labels": template["metadata"]["labels"]},
+                    "spec": spec, "status": status})
+            };
+            let mut out = Vec::new();
+            match (group, resource) {
+                ("", "services") if obj["spec"]["clusterIP"].is_null() => {
+                    let mut s = obj.clone();
+                    let i = index(name);
+                    s["spec"]["clusterIP"] = json!(format!("10.96.0.{}", 10 + i));
+                    s["spec"]["ports"][0]["nodePort"] = json!(30000 + i);
+                    out.push(("".into(), "services".into(), s));
+                }
+                ("apps", "deployments") => {
+                    let t = &obj["spec"]["template"];
+                    let client_node = all
+                        .iter()
+                        .find(|o| o["kind"] == "Pod" && o["metadata"]["labels"]["name"] == CLIENT)
+                        .map(pod_node);
+                    let aff = &t["spec"]["affinity"];
+                    let node = if !aff["podAffinity"].is_null() {
+                        client_node
+                    } else if !aff["podAntiAffinity"].is_null() {
+                        workers
+                            .iter()
+                            .find(|w| Some(w.to_string()) != client_node)
+                            .map(|w| w.to_string())
+                    } else {
+                        Some(workers[0].to_string())
+                    };
+                    // Unschedulable: no pod (a real cluster would keep it Pending).
+                    if let Some(node) = node {
+                        let p = pod(format!("{name}-7f9c5d-x{}", index(name)), &node, t);
+                        if sim.never_ready == Some(name) {
+                            out.push(("".into(), "events".into(), json!({"apiVersion": "v1", "kind": "Event",
+                                "metadata": {"name": format!("{name}.1"), "namespace": ns},
+                                "involvedObject": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": ns},
+                                "reason": "Failed", "message": format!("Failed to pull image \"{IMAGE}\": not found")})));
+                        }
+                        out.push(("".into(), "pods".into(), p));
+                    }
+                }
+                ("apps", "daemonsets") if ns == NS => {
+                    for w in &workers {
+                        out.push((
+                            "".into(),
+                            "pods".into(),
+                            pod(format!("{name}-{w}"), w, &obj["spec"]["template"]),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            out
+        })
+    }
+
+    /// A peer of a connection, as policy sees it.
+    #[derive(Debug, Clone)]
+    enum Peer {
+        Pod(Value),
+        Host(String),
+        World(std::net::Ipv4Addr),
+    }
+
+    fn find_pod<'a>(all: &'a [Value], f: impl Fn(&Value) -> bool) -> Option<&'a Value> {
+        all.iter()
+            .find(|o| o["kind"] == "Pod" && o["metadata"]["namespace"] == NS && f(o))
+    }
+
+    /// Where a probe to `ip:port` lands (service, NodePort and HostPort translation
+    /// included): the peer and the port it reaches.
+    fn resolve(all: &[Value], ip: &str, port: Option<u16>) -> Option<(Peer, Option<u16>)> {
+        let backend = |svc: &Value| {
+            find_pod(all, |p| {
+                labels_match(&svc["spec"]["selector"], &p["metadata"]["labels"])
+            })
+            .map(|p| (Peer::Pod(p.clone()), Some(ECHO_PORT)))
+        };
+        if let Some(p) = find_pod(all, |p| {
+            p["status"]["podIP"] == ip && p["spec"]["hostNetwork"] != json!(true)
+        }) {
+            return Some((Peer::Pod(p.clone()), port));
+        }
+        let services: Vec<&Value> = all.iter().filter(|o| o["kind"] == "Service").collect();
+        if let Some(s) = services.iter().find(|s| s["spec"]["clusterIP"] == ip) {
+            return backend(s);
+        }
+        if let Some((node, _)) = NODES.iter().find(|(_, a)| *a == ip) {
+            return match port {
+                None => Some((Peer::Host(node.to_string()), None)),
+                Some(HOSTPORT) => find_pod(all, |p| {
+                    pod_node(p) == *node && p["metadata"]["labels"]["kind"] == "echo"
+                })
+                .map(|p| (Peer::Pod(p.clone()), Some(ECHO_PORT))),
+                Some(np) => services
+                    .iter()
+                    .find(|s| s["spec"]["ports"][0]["nodePort"] == json!(np))
+                    .and_then(|s| backend(s)),
+            };
+        }
+        if ip == "1.1.1.1" || ip == "1.0.0.1" {
+            return Some((Peer::World(ip.parse().ok()?), port));
+        }
+        None
+    }
+
+    /// Whether `rule` (one egress/ingress item) matches `peer` on `port`, seen from
+    /// `subject_node`.
+    fn rule_matches(
+        rule: &Value,
+        peer: &Peer,
+        port: Option<u16>,
+        subject_node: &str,
+        egress: bool,
+    ) -> bool {
+        let (eps, ents, cidrs) = if egress {
+            ("toEndpoints", "toEntities", "toCIDR")
+        } else {
+            ("fromEndpoints", "fromEntities", "fromCIDR")
+        };
+        let entities: Vec<&str> = match peer {
+            Peer::Pod(_) => vec!["all", "cluster"],
+            Peer::Host(n) if n == subject_node => vec!["all", "cluster", "host"],
+            Peer::Host(_) => vec!["all", "cluster", "remote-node"],
+            Peer::World(_) => vec!["all", "world"],
+        };
+        let by_ep = rule[eps]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|sel| match peer {
+                Peer::Pod(p) => labels_match(&sel["matchLabels"], &p["metadata"]["labels"]),
+                _ => false,
+            });
+        let by_entity = rule[ents]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| entities.contains(&e.as_str().unwrap_or_default()));
+        let by_cidr = rule[cidrs]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| match peer {
+                Peer::World(ip) => c
+                    .as_str()
+                    .and_then(|c| c.parse::<ipnet::Ipv4Net>().ok())
+                    .is_some_and(|n| n.contains(ip)),
+                _ => false,
+            });
+        let ports_ok = match rule["toPorts"].as_array() {
+            None => true,
+            Some(tp) => tp.iter().any(|t| {
+                t["ports"].as_array().into_iter().flatten().any(|p| {
+                    port.is_some() && p["port"].as_str() == port.map(|p| p.to_string()).as_deref()
+                })
+            }),
+        };
+        (by_ep || by_entity || by_cidr) && ports_ok
+    }
+
+    /// One direction of policy for `subject` (a test pod): allowed?
+    fn allowed_dir(
+        all: &[Value],
+        subject: &Value,
+        peer: &Peer,
+        port: Option<u16>,
+        egress: bool,
+    ) -> bool {
+        let (allow, deny) = if egress {
+            ("egress", "egressDeny")
+        } else {
+            ("ingress", "ingressDeny")
+        };
+        let node = pod_node(subject);
+        let policies: Vec<&Value> = all
+            .iter()
+            .filter(|o| o["kind"] == "CiliumNetworkPolicy")
+            .filter(|o| {
+                labels_match(
+                    &o["spec"]["endpointSelector"]["matchLabels"],
+                    &subject["metadata"]["labels"],
+                )
+            })
+            .collect();
+        let rules = |key: &str| -> Vec<Value> {
+            policies
+                .iter()
+                .flat_map(|p| p["spec"][key].as_array().cloned().unwrap_or_default())
+                .collect()
+        };
+        if rules(deny)
+            .iter()
+            .any(|r| rule_matches(r, peer, port, &node, egress))
+        {
+            return false;
+        }
+        let enforced = policies.iter().any(|p| !p["spec"][allow].is_null());
+        !enforced
+            || rules(allow)
+                .iter()
+                .any(|r| rule_matches(r, peer, port, &node, egress))
+    }
+
+    /// The datapath: egress of the source, ingress of the destination.
+    fn allowed(all: &[Value], src: &Value, dst: &Peer, port: Option<u16>) -> bool {
+        let host_src = src["spec"]["hostNetwork"] == json!(true);
+        let src_peer = if host_src {
+            Peer::Host(pod_node(src))
+        } else {
+            Peer::Pod(src.clone())
+        };
+        (host_src || allowed_dir(all, src, dst, port, true))
+            && match dst {
+                Peer::Pod(d) => allowed_dir(all, d, &src_peer, port, false),
+                _ => true,
+            }
+    }
+
+    /// The probes and the agents' commands.
+    fn exec_handler(sim: Sim) -> crate::k8s::fake_api::ExecHandler {
+        Arc::new(move |call: &ExecCall, all: &[Value]| {
+            let cmd: Vec<&str> = call.command.iter().map(String::as_str).collect();
+            let json_out = |v: Value, ok: bool| ExecReply {
+                stdout: v.to_string(),
+                stderr: String::new(),
+                exit_code: if ok { 0 } else { 1 },
+            };
+            if call.namespace == "kube-system" {
+                assert_eq!(call.container.as_deref(), Some(AGENT_CONTAINER));
+                let node = all
+                    .iter()
+                    .find(|o| o["kind"] == "Pod" && o["metadata"]["name"] == call.pod.as_str())
+                    .map(pod_node)
+                    .unwrap_or_default();
+                return match cmd.as_slice() {
+                    ["cilium", "policy", "get", "-o", "json"] => {
+                        let names: Vec<String> = all
+                            .iter()
+                            .filter(|o| o["kind"] == "CiliumNetworkPolicy")
+                            .map(|o| {
+                                format!(
+                                    "CiliumNetworkPolicy/{}/{}",
+                                    o["metadata"]["namespace"].as_str().unwrap_or_default(),
+                                    o["metadata"]["name"].as_str().unwrap_or_default()
+                                )
+                            })
+                            .collect();
+                        json_out(
+                            json!({"revision": 7, "policies": names, "rules": names.len()}),
+                            true,
+                        )
+                    }
+                    ["cilium", "bpf", "metrics", "list", "-o", "json"] => {
+                        let n = sim.drops.lock().unwrap().get(&node).copied().unwrap_or(0);
+                        let mut v = vec![
+                            json!({"reason": 0, "reason_name": "Success", "direction": "EGRESS", "packets": 1000, "bytes": 0}),
+                        ];
+                        if n > 0 {
+                            v.push(json!({"reason": 133, "reason_name": "Policy denied", "direction": "EGRESS", "packets": n, "bytes": 0}));
+                        }
+                        json_out(json!(v), true)
+                    }
+                    _ => ExecReply {
+                        stderr: format!("unknown command {cmd:?}"),
+                        exit_code: 2,
+                        ..Default::default()
+                    },
+                };
+            }
+            let src = find_pod(all, |p| p["metadata"]["name"] == call.pod.as_str())
+                .cloned()
+                .expect("exec in a test pod");
+            let (proto, target) = match cmd.as_slice() {
+                ["cilium", "probe", proto, target, ..] => (*proto, *target),
+                _ => {
+                    return ExecReply {
+                        stderr: format!("unknown command {cmd:?}"),
+                        exit_code: 2,
+                        ..Default::default()
+                    }
+                }
+            };
+            let (ip, port) = match target.rsplit_once(':') {
+                Some((ip, p)) if proto == "tcp" => (ip, p.parse().ok()),
+                _ => (target, None),
+            };
+            let verdict = resolve(all, ip, port).map(|(peer, port)| {
+                let ok = !sim.enforce || allowed(all, &src, &peer, port);
+                (peer, ok)
+            });
+            match verdict {
+                Some((peer, true)) => {
+                    let response = match (proto, peer) {
+                        ("icmp", _) => "echo reply".to_string(),
+                        (_, Peer::World(_)) => "HTTP/1.1 301 Moved Permanently\r\nLocation: https://one.one.one.one/\r\n\r\n".into(),
+                        _ => "HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{}".into(),
+                    };
+                    json_out(
+                        json!({"ok": true, "peer": target, "response": response, "error": null, "ms": 1.0}),
+                        true,
+                    )
+                }
+                Some((_, false)) => {
+                    *sim.drops.lock().unwrap().entry(pod_node(&src)).or_insert(0) += 1;
+                    json_out(
+                        json!({"ok": false, "peer": null, "response": null, "error": "timeout", "ms": 1000.0}),
+                        false,
+                    )
+                }
+                None => json_out(
+                    json!({"ok": false, "peer": null, "response": null, "error": "timeout", "ms": 1000.0}),
+                    false,
+                ),
+            }
+        })
+    }
+
+    async fn cluster(sim: Sim) -> FakeApi {
+        let api = FakeApi::start().await;
+        for (name, ip) in NODES.iter().chain([("control-plane", "172.18.0.4")].iter()) {
+            let taints = if *name == "control-plane" {
+                json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}])
+            } else if sim.one_node && *name == NODES[1].0 {
+                json!([{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}])
+            } else {
+                json!([])
+            };
+            api.insert(
+                "",
+                "nodes",
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                "spec": {"taints": taints},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}),
+            );
+            api.insert("", "pods", json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("cilium-{name}"), "namespace": "kube-system", "labels": {"k8s-app": "cilium"}},
+                "spec": {"nodeName": name, "containers": [{"name": AGENT_CONTAINER}]},
+                "status": {"phase": "Running"}}));
+        }
+        api.insert("apps", "daemonsets", json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "cilium", "namespace": "kube-system"},
+            "spec": {"selector": {"matchLabels": {"k8s-app": "cilium"}}, "template": {"spec": {"containers": [
+                {"name": AGENT_CONTAINER, "image": IMAGE, "imagePullPolicy": "Never"}]}}}}));
+        api.set_controller(controller(sim.clone()));
+        api.set_exec(exec_handler(sim));
+        api
+    }
+
+    fn options() -> Options {
+        Options {
+            cluster: "unused".into(),
+            tests: vec![],
+            single_node: false,
+            connect_timeout: Duration::from_millis(100),
+            request_timeout: Duration::from_millis(100),
+            json: true,
+            junit_file: None,
+            keep: false,
+            concurrency: 4,
+        }
+    }
+
+    fn k8s_options() -> K8sOptions {
+        K8sOptions {
+            ready_timeout: Duration::from_secs(5),
+            settle_timeout: Duration::from_secs(5),
+            ..Default::default()
+        }
+    }
+
+    async fn suite(sim: Sim) -> (FakeApi, i32, Vec<super::super::TestResult>) {
+        let api = cluster(sim).await;
+        let opts = options();
+        let env = deploy(api.client(), &opts, k8s_options())
+            .await
+            .expect("deployed");
+        let (rc, results) = super::super::run_suite(&env, &opts, &[], &[])
+            .await
+            .unwrap();
+        (api, rc, results)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_suite_passes_on_a_cluster_that_enforces_the_policies() {
+        let sim = Sim {
+            enforce: true,
+            ..Default::default()
+        };
+        let drops = sim.drops.clone();
+        let (api, rc, results) = suite(sim).await;
+        let failed: Vec<String> = results
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| {
+                format!(
+                    "{}: {:?}",
+                    r.test,
+                    r.actions.iter().filter(|a| !a.ok).collect::<Vec<_>>()
+                )
+            })
+            .collect();
+        assert_eq!(rc, 0, "{failed:#?}");
+        assert_eq!(results.iter().filter(|r| r.skipped).count(), 0);
+        // Outside the cluster: skipped, with the reason, and counted apart.
+        let skipped: Vec<&super::super::ActionResult> = results
+            .iter()
+            .flat_map(|r| &r.actions)
+            .filter(|a| a.skipped)
+            .collect();
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped
+            .iter()
+            .all(|a| a.name.starts_with("outside-to-nodeport")
+                && a.detail.contains("needs a client outside the cluster")));
+        assert!(
+            drops.lock().unwrap().values().sum::<u64>() > 0,
+            "denied probes counted as drops"
+        );
+        // Every policy was applied into the test namespace by server-side apply, and
+        // deleted again.
+        let reqs = api.requests();
+        let cnp_applies: Vec<_> = reqs
+            .iter()
+            .filter(|r| r.resource == "ciliumnetworkpolicies" && r.method == "PATCH")
+            .collect();
+        assert_eq!(cnp_applies.len(), 14);
+        assert!(cnp_applies
+            .iter()
+            .all(|r| r.namespace.as_deref() == Some(NS)
+                && r.body["metadata"]["namespace"] == NS
+                && r.query.contains("fieldManager=cilium-cli")));
+        assert_eq!(
+            reqs.iter()
+                .filter(|r| r.resource == "ciliumnetworkpolicies" && r.method == "DELETE")
+                .count(),
+            14
+        );
+        // Probes ran in the test pods, metrics and policy lists in the agents.
+        let execs: Vec<_> = reqs.iter().filter(|r| r.resource == "pods/exec").collect();
+        assert!(execs
+            .iter()
+            .any(|r| r.namespace.as_deref() == Some(NS) && r.query.contains("command=probe")));
+        assert!(execs
+            .iter()
+            .any(|r| r.namespace.as_deref() == Some("kube-system")
+                && r.query.contains("command=metrics")
+                && r.query.contains("container=cilium-agent")));
+        // Cleanup: the namespace is deleted, and everything in it with it.
+        assert!(reqs
+            .iter()
+            .any(|r| r.method == "DELETE" && r.path == format!("/api/v1/namespaces/{NS}")));
+        assert!(api.get("", "namespaces", None, NS).is_none());
+        assert!(api.list("", "pods", Some(NS)).is_empty());
+        assert!(api.list("apps", "deployments", Some(NS)).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cluster_that_enforces_nothing_fails_the_policy_tests() {
+        let (_, rc, results) = suite(Sim::default()).await;
+        assert_eq!(rc, 1);
+        let failed: BTreeSet<&str> = results
+            .iter()
+            .filter(|r| !r.skipped && !r.passed)
+            .map(|r| r.test.as_str())
+            .collect();
+        let want: BTreeSet<&str> = [
+            "allow-all-except-world",
+            "client-ingress",
+            "echo-ingress-from-other-client",
+            "echo-ingress-from-other-client-deny",
+            "client-egress-to-echo",
+            "client-egress-to-echo-deny",
+            "all-ingress-deny",
+            "all-egress-deny",
+            "all-entities-deny",
+            "host-entity-egress",
+            "host-entity-ingress",
+            "to-entities-world",
+            "to-cidr-external",
+            "cluster-entity",
+        ]
+        .into();
+        assert_eq!(failed, want, "exactly the policy tests fail");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workloads_are_applied_in_order_as_cilium_cli_does() {
+        let api = cluster(Sim {
+            enforce: true,
+            ..Default::default()
+        })
+        .await;
+        let env = deploy(api.client(), &options(), k8s_options())
+            .await
+            .unwrap();
+        let applies: Vec<_> = api
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH")
+            .collect();
+        let paths: Vec<&str> = applies.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                format!("/api/v1/namespaces/{NS}"),
+                format!("/api/v1/namespaces/{NS}/services/echo-same-node"),
+                format!("/api/v1/namespaces/{NS}/services/echo-other-node"),
+                format!("/apis/apps/v1/namespaces/{NS}/deployments/client"),
+                format!("/apis/apps/v1/namespaces/{NS}/deployments/client2"),
+                format!("/apis/apps/v1/namespaces/{NS}/deployments/echo-same-node"),
+                format!("/apis/apps/v1/namespaces/{NS}/deployments/echo-other-node"),
+                format!("/apis/apps/v1/namespaces/{NS}/daemonsets/host-netns"),
+            ]
+        );
+        for r in &applies {
+            assert!(
+                r.content_type.starts_with("application/apply-patch"),
+                "{r:?}"
+            );
+            assert!(
+                r.query.contains("fieldManager=cilium-cli") && r.query.contains("force=true"),
+                "{}",
+                r.query
+            );
+        }
+        let body = |name: &str| {
+            &applies
+                .iter()
+                .find(|r| r.path.ends_with(&format!("/{name}")))
+                .unwrap()
+                .body
+        };
+        let client2 = body("deployments/client2");
+        assert_eq!(
+            client2["spec"]["template"]["metadata"]["labels"],
+            json!({"kind": "client", "name": "client2", "other": "client"})
+        );
+        let pod_spec = &client2["spec"]["template"]["spec"];
+        assert_eq!(
+            pod_spec["containers"][0]["image"], IMAGE,
+            "the agent's image"
+        );
+        assert_eq!(
+            pod_spec["containers"][0]["imagePullPolicy"], "Never",
+            "and its pull policy"
+        );
+        assert_eq!(
+            pod_spec["containers"][0]["command"],
+            json!(["cilium", "pause"])
+        );
+        let term = json!([{"labelSelector": {"matchLabels": {"name": "client"}}, "topologyKey": "kubernetes.io/hostname"}]);
+        assert_eq!(
+            pod_spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
+            term
+        );
+        let same = &body("deployments/echo-same-node")["spec"]["template"]["spec"];
+        assert_eq!(
+            same["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
+            term
+        );
+        assert_eq!(
+            same["containers"][0]["command"],
+            json!([
+                "cilium",
+                "echo-server",
+                "--port",
+                "8080",
+                "--name",
+                "echo-same-node"
+            ])
+        );
+        assert_eq!(same["containers"][0]["ports"][0]["hostPort"], 4000);
+        let other = &body("deployments/echo-other-node")["spec"]["template"]["spec"];
+        assert_eq!(
+            other["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
+            term
+        );
+        assert!(body("deployments/client")["spec"]["template"]["spec"]["affinity"].is_null());
+        assert_eq!(
+            body("daemonsets/host-netns")["spec"]["template"]["spec"]["hostNetwork"],
+            true
+        );
+        assert_eq!(body("services/echo-other-node")["spec"]["type"], "NodePort");
+        assert_eq!(
+            body("services/echo-other-node")["spec"]["selector"],
+            json!({"name": "echo-other-node"})
+        );
+        // What the scenarios address comes from the cluster.
+        let w = env.workloads();
+        assert_eq!(w.echo_same, "10.0.0.12");
+        assert_eq!(w.echo_other.as_deref(), Some("10.0.1.13"));
+        assert_eq!(w.node_ips, ["172.18.0.2", "172.18.0.3"]);
+        assert_eq!(
+            (w.svc_same.as_str(), w.nodeport_same),
+            ("10.96.0.12", 30002)
+        );
+        assert_eq!(env.host_pod, "host-netns-worker-a");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_schedulable_node_skips_what_needs_two() {
+        let (api, rc, results) = suite(Sim {
+            enforce: true,
+            one_node: true,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(rc, 0);
+        assert!(results
+            .iter()
+            .any(|r| r.test == "no-policies-other-node" && r.skipped));
+        assert!(!api
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("echo-other-node")));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pod_that_never_gets_ready_is_named_with_its_last_event() {
+        let api = cluster(Sim {
+            never_ready: Some(ECHO_SAME),
+            ..Default::default()
+        })
+        .await;
+        let k = K8sOptions {
+            ready_timeout: Duration::from_secs(1),
+            ..k8s_options()
+        };
+        let e = deploy(api.client(), &options(), k)
+            .await
+            .err()
+            .expect("times out");
+        let e = format!("{e:#}");
+        assert!(e.contains("within 1s"), "{e}");
+        assert!(
+            e.contains(&format!(
+                "pod {NS}/echo-same-node-7f9c5d-x2 is Pending, not Ready"
+            )),
+            "{e}"
+        );
+        assert!(e.contains("ErrImagePull"), "{e}");
+        assert!(
+            e.contains("last event: Failed: Failed to pull image"),
+            "{e}"
+        );
+        assert!(!e.contains("client-"), "ready pods are not named: {e}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_agent_daemonset_says_what_to_do() {
+        let api = FakeApi::start().await;
+        let e = deploy(api.client(), &options(), k8s_options())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("run `cilium install`, or pass -n"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn http_answers_below_400_count_as_curl_fail_does() {
+        assert_eq!(
+            http_verdict(r#"{"ok":true,"response":"HTTP/1.1 301 Moved\r\n"}"#),
+            (true, "HTTP 301".into())
+        );
+        assert!(!http_verdict(r#"{"ok":true,"response":"HTTP/1.1 403 Forbidden\r\n"}"#).0);
+        assert_eq!(
+            http_verdict(r#"{"ok":false,"error":"timeout"}"#),
+            (false, "timeout".into())
+        );
+    }
+}
