@@ -209,6 +209,8 @@ enum EndpointCmd {
     },
 }
 
+// Parsed once per run: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum ConnectivityCmd {
     /// Pod-to-pod throughput, request/response and connect/request/response rates,

@@ -26,6 +26,7 @@ use kube::{
     api::{Api, AttachParams, ListParams},
     Client,
 };
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
@@ -755,8 +756,6 @@ impl K8sEnv {
     }
 }
 
-use serde::Deserialize;
-
 impl Platform for K8sEnv {
     fn describe(&self) -> String {
         format!("Kubernetes namespace {}", self.k.test_namespace)
@@ -1101,7 +1100,7 @@ mod tests {
         World(std::net::Ipv4Addr),
     }
 
-    fn find_pod<'a>(all: &'a [Value], f: impl Fn(&Value) -> bool) -> Option<&'a Value> {
+    fn find_pod(all: &[Value], f: impl Fn(&Value) -> bool) -> Option<&Value> {
         all.iter()
             .find(|o| o["kind"] == "Pod" && o["metadata"]["namespace"] == NS && f(o))
     }
