@@ -1485,3 +1485,23 @@ fn figure_install_to_ready_against_the_fake() {
     );
     assert!(times[2] < std::time::Duration::from_secs(20));
 }
+
+/// `cilium connectivity test --kubeconfig` targets the cluster: without Cilium there,
+/// it says so and what to do, and deploys nothing.
+#[test]
+fn connectivity_test_on_a_cluster_without_cilium_says_what_to_do() {
+    let fake = Fake::start();
+    let out = fake.cilium(&["connectivity", "test"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("Cilium is not installed in namespace kube-system")
+            && err.contains("cilium install"),
+        "{err}"
+    );
+    assert!(fake.writes().is_empty(), "no write: {:?}", fake.writes());
+    // A local cluster name and cluster flags together are refused.
+    let out = fake.cilium(&["connectivity", "test", "--cluster", "x"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("pass one or the other"));
+}

@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::local::{self, Cluster, RunOptions};
+
+pub mod k8s;
 use crate::{agent::client::Client, datapath::netns};
 
 pub struct Options {
@@ -81,6 +83,9 @@ struct ActionResult {
     expected: Expect,
     ok: bool,
     detail: String,
+    /// The platform could not run it ([`Skipped`]); `ok` stays true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    skipped: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -102,7 +107,26 @@ pub struct Workloads {
     pub node_ips: Vec<String>,
     /// An address of the first node that the outside reaches (NodePort from outside).
     pub external_ip: String,
+    /// ClusterIPs of the echo-same-node and echo-other-node Services.
+    pub svc_same: String,
+    pub svc_other: String,
+    /// NodePorts of the same Services.
+    pub nodeport_same: u16,
+    pub nodeport_other: u16,
+    /// The world: an address outside the cluster with an HTTP server on `world_port`
+    /// (allowed by the to-cidr-external policy), and a second one (denied by it).
+    pub world_ip: String,
+    pub world_other_ip: String,
+    pub world_port: u16,
+    /// The CIDR the to-cidr-external policy allows: `world_ip`'s, not the other's.
+    pub world_cidr: String,
 }
+
+/// An action the platform cannot run (e.g. from outside the cluster on Kubernetes):
+/// reported as skipped with this reason, neither passed nor failed.
+#[derive(Debug, thiserror::Error)]
+#[error("skipped: {0}")]
+pub struct Skipped(pub String);
 
 /// Where the connectivity test runs: the workload/runner layer. The scenarios, their
 /// expectations and the report are the same everywhere; a platform deploys the
@@ -255,6 +279,8 @@ fn act(name: &str, from: From, kind: Kind, expect: Expect) -> Action {
     }
 }
 
+/// A CiliumNetworkPolicy in the local test namespace (a Kubernetes platform moves it
+/// into its own test namespace).
 fn cnp(name: &str, spec: &str) -> String {
     format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n{spec}")
 }
@@ -263,10 +289,10 @@ fn scenarios(w: &Workloads) -> Vec<Scenario> {
     use Expect::*;
     let same = format!("{}:{ECHO_PORT}", w.echo_same);
     let other = w.echo_other.clone().map(|ip| format!("{ip}:{ECHO_PORT}"));
-    let svc_same = format!("{SVC_SAME}:{ECHO_PORT}");
-    let svc_other = format!("{SVC_OTHER}:{ECHO_PORT}");
-    let world = format!("{OUTSIDE}:{ECHO_PORT}");
-    let cidr = format!("{OUTSIDE_CIDR}:{ECHO_PORT}");
+    let svc_same = format!("{}:{ECHO_PORT}", w.svc_same);
+    let svc_other = format!("{}:{ECHO_PORT}", w.svc_other);
+    let world = format!("{}:{}", w.world_ip, w.world_port);
+    let cidr = format!("{}:{}", w.world_other_ip, w.world_port);
     let host1 = w.node_ips.first().cloned().unwrap_or_default();
     let host2 = w
         .node_ips
@@ -319,10 +345,10 @@ fn scenarios(w: &Workloads) -> Vec<Scenario> {
             policy: None,
             needs_two_nodes: false,
             actions: [
-                Some(act("outside-to-nodeport", From::Outside, http(format!("{}:{NODEPORT}", w.external_ip)), Success)),
-                other.as_ref().map(|_| act("outside-to-nodeport (backend on other node)", From::Outside, http(format!("{}:{NODEPORT_OTHER}", w.external_ip)), Success)),
-                Some(act("pod-to-local-nodeport", c.clone(), http(format!("{host1}:{NODEPORT}")), Success)),
-                host2.as_ref().map(|h| act("pod-to-remote-nodeport", c.clone(), http(format!("{h}:{NODEPORT}")), Success)),
+                Some(act("outside-to-nodeport", From::Outside, http(format!("{}:{}", w.external_ip, w.nodeport_same)), Success)),
+                other.as_ref().map(|_| act("outside-to-nodeport (backend on other node)", From::Outside, http(format!("{}:{}", w.external_ip, w.nodeport_other)), Success)),
+                Some(act("pod-to-local-nodeport", c.clone(), http(format!("{host1}:{}", w.nodeport_same)), Success)),
+                host2.as_ref().map(|h| act("pod-to-remote-nodeport", c.clone(), http(format!("{h}:{}", w.nodeport_same)), Success)),
             ]
             .into_iter()
             .flatten()
@@ -503,12 +529,12 @@ fn scenarios(w: &Workloads) -> Vec<Scenario> {
             name: "to-cidr-external",
             policy: Some(cnp(
                 "to-cidr",
-                "  endpointSelector: {matchLabels: {kind: client}}\n  egress:\n  - toCIDR: [203.0.113.0/24]\n",
+                &format!("  endpointSelector: {{matchLabels: {{kind: client}}}}\n  egress:\n  - toCIDR: [{}]\n", w.world_cidr),
             )),
             needs_two_nodes: false,
             actions: vec![
-                act("to 203.0.113.2 allowed", c.clone(), http(world.clone()), Success),
-                act("to 198.51.100.2 denied", c.clone(), http(cidr.clone()), Drop),
+                act(&format!("to {} allowed", w.world_ip), c.clone(), http(world.clone()), Success),
+                act(&format!("to {} denied", w.world_other_ip), c.clone(), http(cidr.clone()), Drop),
                 act("to echo denied", c.clone(), http(same.clone()), Drop),
             ],
         },
@@ -641,6 +667,14 @@ pub async fn deploy(opts: &Options) -> Result<Env> {
             .collect(),
         // The first node's address towards the outside namespace (local.rs wires it).
         external_ip: "203.0.113.1".into(),
+        svc_same: SVC_SAME.into(),
+        svc_other: SVC_OTHER.into(),
+        nodeport_same: NODEPORT,
+        nodeport_other: NODEPORT_OTHER,
+        world_ip: OUTSIDE.into(),
+        world_other_ip: OUTSIDE_CIDR.into(),
+        world_port: ECHO_PORT,
+        world_cidr: "203.0.113.0/24".into(),
     };
     let env = Env {
         cluster,
@@ -707,6 +741,15 @@ fn run_action<P: Platform>(p: &P, a: &Action, opts: &Options) -> ActionResult {
         Kind::Http(t) => p.http(&a.from, t, timeout),
         Kind::Ping(ip) => p.ping(&a.from, ip),
     };
+    if let Some(Skipped(why)) = outcome.as_ref().err().and_then(|e| e.downcast_ref()) {
+        return ActionResult {
+            name: a.name.clone(),
+            expected: a.expect,
+            ok: true,
+            detail: format!("skipped: {why}"),
+            skipped: true,
+        };
+    }
     let (success, detail) = outcome.unwrap_or_else(|e| (false, format!("{e:#}")));
     let ok = match a.expect {
         Expect::Success => success,
@@ -717,6 +760,7 @@ fn run_action<P: Platform>(p: &P, a: &Action, opts: &Options) -> ActionResult {
         expected: a.expect,
         ok,
         detail,
+        skipped: false,
     }
 }
 
@@ -746,12 +790,10 @@ fn verdict(json: &str) -> (bool, String) {
 /// Drop reasons the scenarios provoke on purpose.
 const EXPECTED_DROPS: [u8; 2] = [133, 181];
 
-pub async fn run(opts: Options) -> Result<i32> {
-    let (filters, excludes): (Vec<String>, Vec<String>) = opts
-        .tests
-        .iter()
-        .cloned()
-        .partition(|t| !t.starts_with('!'));
+/// `--test` regexes: (selecting, excluding with a leading `!`).
+fn test_filters(tests: &[String]) -> Result<(Vec<regex::Regex>, Vec<regex::Regex>)> {
+    let (filters, excludes): (Vec<String>, Vec<String>) =
+        tests.iter().cloned().partition(|t| !t.starts_with('!'));
     let filters: Vec<regex::Regex> = filters
         .iter()
         .map(|t| regex::Regex::new(t))
@@ -762,6 +804,11 @@ pub async fn run(opts: Options) -> Result<i32> {
         .map(|t| regex::Regex::new(&t[1..]))
         .collect::<Result<_, _>>()
         .context("--test")?;
+    Ok((filters, excludes))
+}
+
+pub async fn run(opts: Options) -> Result<i32> {
+    let (filters, excludes) = test_filters(&opts.tests)?;
     if !opts.json {
         println!(
             "🔭 Deploying connectivity test workloads on local cluster {:?}...",
@@ -779,6 +826,18 @@ pub async fn run_on<P: Platform>(
     filters: &[regex::Regex],
     excludes: &[regex::Regex],
 ) -> Result<i32> {
+    run_suite(env, opts, filters, excludes)
+        .await
+        .map(|(rc, _)| rc)
+}
+
+/// [`run_on`], with the results.
+async fn run_suite<P: Platform>(
+    env: &P,
+    opts: &Options,
+    filters: &[regex::Regex],
+    excludes: &[regex::Regex],
+) -> Result<(i32, Vec<TestResult>)> {
     // Drop counters before the scenarios: only what this run adds counts.
     let baseline = env.drop_counters();
     let mut results = Vec::new();
@@ -820,6 +879,7 @@ pub async fn run_on<P: Platform>(
                                 expected: a.expect,
                                 ok: false,
                                 detail: "the action panicked".into(),
+                                skipped: false,
                             })
                         })
                         .collect()
@@ -829,7 +889,13 @@ pub async fn run_on<P: Platform>(
                 if !opts.json {
                     println!(
                         "  {} {} — expected {:?}: {}",
-                        if r.ok { "✅" } else { "❌" },
+                        if r.skipped {
+                            "⏭️ "
+                        } else if r.ok {
+                            "✅"
+                        } else {
+                            "❌"
+                        },
                         r.name,
                         r.expected,
                         r.detail
@@ -845,7 +911,8 @@ pub async fn run_on<P: Platform>(
         let passed = actions.iter().all(|a| a.ok);
         results.push(TestResult {
             test: s.name.into(),
-            skipped: false,
+            // Every action skipped: the test did not run.
+            skipped: actions.iter().all(|a| a.skipped),
             passed,
             actions,
         });
@@ -887,6 +954,7 @@ pub async fn run_on<P: Platform>(
             expected: Expect::Success,
             ok: drops_ok,
             detail: unexpected.join("; "),
+            skipped: false,
         }],
     });
 
@@ -895,7 +963,19 @@ pub async fn run_on<P: Platform>(
     }
     let run: Vec<&TestResult> = results.iter().filter(|r| !r.skipped).collect();
     let failed = run.iter().filter(|r| !r.passed).count();
-    let actions: usize = run.iter().map(|r| r.actions.len()).sum();
+    let actions: usize = run
+        .iter()
+        .map(|r| r.actions.iter().filter(|a| !a.skipped).count())
+        .sum();
+    let skipped_actions: usize = run
+        .iter()
+        .map(|r| r.actions.iter().filter(|a| a.skipped).count())
+        .sum();
+    let also_skipped = if skipped_actions > 0 {
+        format!(" ({skipped_actions} actions skipped)")
+    } else {
+        String::new()
+    };
     let failed_actions: usize = run
         .iter()
         .map(|r| r.actions.iter().filter(|a| !a.ok).count())
@@ -909,14 +989,14 @@ pub async fn run_on<P: Platform>(
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else if failed == 0 {
         println!(
-            "\n✅ All {} tests ({} actions) successful, {} tests skipped.",
+            "\n✅ All {} tests ({} actions) successful, {} tests skipped{also_skipped}.",
             run.len(),
             actions,
             skipped
         );
     } else {
         println!(
-            "\n❌ {failed}/{} tests failed ({failed_actions}/{actions} actions), {skipped} tests skipped",
+            "\n❌ {failed}/{} tests failed ({failed_actions}/{actions} actions), {skipped} tests skipped{also_skipped}",
             run.len()
         );
         for r in run.iter().filter(|r| !r.passed) {
@@ -927,7 +1007,7 @@ pub async fn run_on<P: Platform>(
             println!("  {line}");
         }
     }
-    Ok(if failed == 0 { 0 } else { 1 })
+    Ok((if failed == 0 { 0 } else { 1 }, results))
 }
 
 /// Waits until every agent applied the store's current revision.
@@ -1068,6 +1148,14 @@ mod tests {
                 client2: "10.0.0.4".into(),
                 node_ips: vec!["192.0.2.11".into(), "192.0.2.12".into()],
                 external_ip: "203.0.113.1".into(),
+                svc_same: SVC_SAME.into(),
+                svc_other: SVC_OTHER.into(),
+                nodeport_same: NODEPORT,
+                nodeport_other: NODEPORT_OTHER,
+                world_ip: OUTSIDE.into(),
+                world_other_ip: OUTSIDE_CIDR.into(),
+                world_port: ECHO_PORT,
+                world_cidr: "203.0.113.0/24".into(),
             },
             log: Mutex::new(vec![]),
             policies: Mutex::new(vec![]),
@@ -1154,6 +1242,7 @@ mod tests {
                     expected: Expect::Drop,
                     ok: false,
                     detail: "HTTP 200".into(),
+                    skipped: false,
                 }],
             },
         ];

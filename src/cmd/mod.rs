@@ -88,7 +88,7 @@ enum Cmd {
     /// The policy the agent enforces
     #[command(subcommand)]
     Policy(PolicyCmd),
-    /// Connectivity tests against the local cluster
+    /// Connectivity tests against the local cluster or a Kubernetes cluster
     #[command(subcommand)]
     Connectivity(ConnectivityCmd),
     /// The connectivity test's HTTP JSON echo server
@@ -102,11 +102,12 @@ enum Cmd {
     /// Services and their backends (kube-proxy replacement)
     #[command(subcommand)]
     Service(ServiceCmd),
-    /// One TCP or UDP exchange from inside a pod, reported as JSON (connectivity test client)
+    /// One TCP or UDP exchange or ICMP echo from inside a pod, reported as JSON
+    /// (connectivity test client)
     Probe {
-        #[arg(value_parser = ["tcp", "udp"])]
+        #[arg(value_parser = ["tcp", "udp", "icmp"])]
         protocol: String,
-        /// HOST:PORT (several with --count: used in turn)
+        /// HOST:PORT (several with --count: used in turn); icmp: an IPv4 address
         #[arg(required = true)]
         targets: Vec<String>,
         /// TCP: repeat connect + request/response this many times and report latency percentiles
@@ -121,6 +122,10 @@ enum Cmd {
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Do nothing until SIGTERM or SIGINT (the idle process of the connectivity test's
+    /// client pods: the image holds no other program)
+    #[command(hide = true)]
+    Pause,
     /// Print datapath events live (drops with their reason)
     Monitor {
         /// Only events of this type
@@ -208,6 +213,8 @@ enum EndpointCmd {
     },
 }
 
+// Parsed once per run: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum ConnectivityCmd {
     /// Pod-to-pod throughput, request/response and connect/request/response rates,
@@ -223,10 +230,30 @@ enum ConnectivityCmd {
         keep: bool,
     },
     /// Deploy test workloads and run the scenario suite (pod-to-pod, services, world,
-    /// policies); non-zero exit when a test fails
+    /// policies); non-zero exit when a test fails. On a Kubernetes cluster
+    /// (--kubeconfig/--context/-n, or a kubeconfig found while no local cluster is up)
+    /// or on the local cluster (--cluster, -H)
     Test {
         #[command(flatten)]
         c: ClusterArg,
+        #[command(flatten)]
+        kube: install::KubeArgs,
+        /// Namespace Cilium runs in (Kubernetes)
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Namespace of the test workloads (Kubernetes)
+        #[arg(long, default_value = connectivity::k8s::DEFAULT_TEST_NAMESPACE)]
+        test_namespace: String,
+        /// Image of the test pods (Kubernetes; default: the agent DaemonSet's)
+        #[arg(long)]
+        image: Option<String>,
+        /// An HTTP server outside the cluster (Kubernetes: port 80), allowed by the
+        /// to-cidr-external policy
+        #[arg(long, default_value = "1.1.1.1")]
+        external_ip: String,
+        /// A second outside address, denied by the to-cidr-external policy (Kubernetes)
+        #[arg(long, default_value = "1.0.0.1")]
+        external_other_ip: String,
         /// Run only tests matching these regexes; a leading ! excludes
         #[arg(long = "test")]
         tests: Vec<String>,
@@ -853,6 +880,12 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
         }
         Cmd::Connectivity(ConnectivityCmd::Test {
             c,
+            kube,
+            namespace,
+            test_namespace,
+            image,
+            external_ip,
+            external_other_ip,
             tests,
             single_node,
             connect_timeout,
@@ -861,17 +894,52 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
             keep,
             test_concurrency,
             output,
-        }) => runtime()?.block_on(connectivity::run(connectivity::Options {
-            cluster: c.cluster,
-            tests,
-            single_node,
-            connect_timeout,
-            request_timeout,
-            json: matches!(output, Output::Json),
-            junit_file,
-            keep,
-            concurrency: test_concurrency as usize,
-        })),
+        }) => {
+            let opts = connectivity::Options {
+                cluster: c.cluster,
+                tests,
+                single_node,
+                connect_timeout,
+                request_timeout,
+                json: matches!(output, Output::Json),
+                junit_file,
+                keep,
+                concurrency: test_concurrency as usize,
+            };
+            // --cluster (or its variable) names a local cluster: that one.
+            let local_named = matches!(
+                matches
+                    .subcommand_matches("connectivity")
+                    .and_then(|m| m.subcommand_matches("test"))
+                    .and_then(|m| m.value_source("cluster")),
+                Some(
+                    clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable
+                )
+            );
+            let cluster_flags = kube.given() || namespace.is_some();
+            if local_named && cluster_flags {
+                bail!("--cluster names a local cluster, --kubeconfig/--context/-n a Kubernetes one: pass one or the other");
+            }
+            if !local_named && status_on_cluster(cli.host.is_some(), cluster_flags)? {
+                if cli.host.is_some() {
+                    bail!("-H asks a local agent: the connectivity test on Kubernetes takes --kubeconfig/--context/-n");
+                }
+                runtime()?.block_on(connectivity::k8s::run(
+                    opts,
+                    connectivity::k8s::K8sOptions {
+                        cluster: kube.options(),
+                        cilium_namespace: namespace.unwrap_or_else(|| "kube-system".into()),
+                        test_namespace,
+                        image,
+                        external_ip,
+                        external_other_ip,
+                        ..Default::default()
+                    },
+                ))
+            } else {
+                runtime()?.block_on(connectivity::run(opts))
+            }
+        }
         Cmd::Connectivity(ConnectivityCmd::Perf { c, duration, keep }) => {
             runtime()?.block_on(perf::run(
                 connectivity::Options {
@@ -887,6 +955,19 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
                 },
                 duration,
             ))
+        }
+        Cmd::Pause => {
+            runtime()?.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .context("handling SIGTERM")?;
+                tokio::select! {
+                    _ = term.recv() => {}
+                    r = tokio::signal::ctrl_c() => r.context("handling SIGINT")?,
+                }
+                anyhow::Ok(())
+            })?;
+            Ok(0)
         }
         Cmd::EchoServer { port, name } => {
             runtime()?.block_on(echo::serve(port, name))?;
@@ -933,6 +1014,8 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
             }
             let r = if protocol == "tcp" {
                 probe::tcp(&targets[0], send.as_deref(), timeout)?
+            } else if protocol == "icmp" {
+                probe::icmp(&targets[0], timeout)?
             } else {
                 probe::udp(
                     &targets[0],

@@ -22,6 +22,12 @@
 //! controller or the kubelet would (recreate a DaemonSet's pod, report a node's state).
 //! [`FakeApi::set_unavailable`] drops the connection of every request until cleared: a
 //! lost connection to the API server.
+//!
+//! To play a cluster rather than an API server alone: a [`Controller`] sees every
+//! object written and may store more (pods for a Deployment, as kube-controller-manager
+//! and the scheduler would); `pods/exec` speaks the WebSocket channel protocol
+//! (`v5.channel.k8s.io`/`v4.channel.k8s.io`: channel 1 stdout, 2 stderr, 3 the status)
+//! and answers with an [`ExecHandler`]; deleting a Namespace deletes what is in it.
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -35,6 +41,31 @@ use axum::{
     Router,
 };
 use serde_json::{json, Value};
+
+/// Sees each object written (group, resource, the stored object) with every object
+/// the double holds, and returns objects to store after it: (group, resource, object).
+pub type Controller =
+    Arc<dyn Fn(&str, &str, &Value, &[Value]) -> Vec<(String, String, Value)> + Send + Sync>;
+
+/// One `pods/exec` call.
+#[derive(Debug, Clone)]
+pub struct ExecCall {
+    pub namespace: String,
+    pub pod: String,
+    pub container: Option<String>,
+    pub command: Vec<String>,
+}
+
+/// What an exec'd command printed and how it ended.
+#[derive(Debug, Clone, Default)]
+pub struct ExecReply {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i32,
+}
+
+/// Answers `pods/exec` calls, with every object the double holds.
+pub type ExecHandler = Arc<dyn Fn(&ExecCall, &[Value]) -> ExecReply + Send + Sync>;
 
 /// One request as the double saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +112,8 @@ struct Inner {
     reactors: Vec<Reactor>,
     /// Every request's connection drops while set.
     unavailable: bool,
+    controller: Option<Controller>,
+    exec: Option<ExecHandler>,
 }
 
 #[derive(Clone, Default)]
@@ -529,6 +562,7 @@ fn respond(
             );
             st.objects.insert(key(&name), obj.clone());
             st.event(rv, "ADDED", key(&name), &obj);
+            st.control(&p.group, &p.resource, &obj);
             ok(StatusCode::CREATED, &obj)
         }
         (m @ (Method::PUT | Method::PATCH), Some(name)) => {
@@ -574,6 +608,7 @@ fn respond(
             st.objects.insert(key(&name), next.clone());
             let rv = st.rv;
             st.event(rv, "MODIFIED", key(&name), &next);
+            st.control(&p.group, &p.resource, &next);
             ok(StatusCode::OK, &next)
         }
         (Method::DELETE, Some(name)) => {
@@ -594,6 +629,22 @@ fn respond(
             st.rv += 1;
             let rv = st.rv;
             st.event(rv, "DELETED", key(&name), &current);
+            if p.group.is_empty() && p.resource == "namespaces" {
+                // The namespace controller's work, at once: everything in it goes.
+                let inside: Vec<Key> = st
+                    .objects
+                    .keys()
+                    .filter(|(_, _, ns, _)| ns.as_deref() == Some(name.as_str()))
+                    .cloned()
+                    .collect();
+                for k in inside {
+                    if let Some(obj) = st.objects.remove(&k) {
+                        st.rv += 1;
+                        let rv = st.rv;
+                        st.event(rv, "DELETED", k, &obj);
+                    }
+                }
+            }
             ok(StatusCode::OK, &current)
         }
         _ => fail(405, "MethodNotAllowed", "not supported by the double"),
@@ -608,6 +659,18 @@ fn object_key(group: &str, resource: &str, obj: &Value) -> Key {
 }
 
 impl Inner {
+    /// Lets the controller see a written object and stores what it makes of it.
+    fn control(&mut self, group: &str, resource: &str, obj: &Value) {
+        let Some(c) = self.controller.clone() else {
+            return;
+        };
+        let all: Vec<Value> = self.objects.values().cloned().collect();
+        for (g, r, o) in c(group, resource, obj, &all) {
+            let key = object_key(&g, &r, &o);
+            self.store(key, o);
+        }
+    }
+
     /// Stores `obj` with a new resourceVersion; uid and creationTimestamp unless given.
     fn store(&mut self, key: Key, mut obj: Value) {
         self.rv += 1;
@@ -702,7 +765,13 @@ impl Store<'_> {
 impl FakeApi {
     pub async fn start() -> Self {
         let shared = Shared::default();
-        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let app = Router::new()
+            .route(
+                "/api/v1/namespaces/{namespace}/pods/{pod}/exec",
+                axum::routing::any(exec),
+            )
+            .fallback(handle)
+            .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the API double");
@@ -822,6 +891,29 @@ impl FakeApi {
         self.shared.lock().unavailable = down;
     }
 
+    /// Plays the cluster's controllers: see [`Controller`].
+    pub fn set_controller(&self, c: Controller) {
+        self.shared.lock().controller = Some(c);
+    }
+
+    /// Answers `pods/exec`: see [`ExecHandler`]. Without one, exec gets 404.
+    pub fn set_exec(&self, h: ExecHandler) {
+        self.shared.lock().exec = Some(h);
+    }
+
+    /// Every object of a resource (group "" for core), in a namespace or all.
+    pub fn list(&self, group: &str, resource: &str, namespace: Option<&str>) -> Vec<Value> {
+        self.shared
+            .lock()
+            .objects
+            .iter()
+            .filter(|((g, r, ns, _), _)| {
+                g == group && r == resource && (namespace.is_none() || ns.as_deref() == namespace)
+            })
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     /// Requests so far (and forgets them).
     pub fn take(&self) -> Vec<Recorded> {
         std::mem::take(&mut self.shared.lock().requests)
@@ -831,4 +923,90 @@ impl FakeApi {
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.lock().requests.clone()
     }
+}
+
+/// `pods/exec` over a WebSocket: records the call, runs the handler, sends stdout
+/// (channel 1), stderr (channel 2) and the status (channel 3), then closes.
+async fn exec(
+    State(sh): State<Shared>,
+    axum::extract::Path((namespace, pod)): axum::extract::Path<(String, String)>,
+    uri: Uri,
+    ws: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Response {
+    use axum::extract::ws::Message;
+    let query = uri.query().unwrap_or("").to_string();
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&query).unwrap_or_default();
+    let call = ExecCall {
+        namespace: namespace.clone(),
+        pod: pod.clone(),
+        container: pairs
+            .iter()
+            .find(|(k, _)| k == "container")
+            .map(|(_, v)| v.clone()),
+        command: pairs
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.clone())
+            .collect(),
+    };
+    let (handler, all, exists) = {
+        let mut st = sh.lock();
+        st.requests.push(Recorded {
+            method: "GET".into(),
+            path: uri.path().to_string(),
+            query: query.clone(),
+            body: Value::Null,
+            content_type: String::new(),
+            verb: "create".into(),
+            group: String::new(),
+            resource: "pods/exec".into(),
+            namespace: Some(namespace.clone()),
+            name: Some(pod.clone()),
+        });
+        let exists = st.objects.contains_key(&(
+            String::new(),
+            "pods".to_string(),
+            Some(namespace.clone()),
+            pod.clone(),
+        ));
+        (
+            st.exec.clone(),
+            st.objects.values().cloned().collect::<Vec<Value>>(),
+            exists,
+        )
+    };
+    let (Some(handler), true) = (handler, exists) else {
+        return status(404, "NotFound", &format!("pods {pod:?} not found"));
+    };
+    let Ok(ws) = ws else {
+        return status(400, "BadRequest", "exec needs a WebSocket upgrade");
+    };
+    ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
+        .on_upgrade(move |mut socket| async move {
+            let reply = handler(&call, &all);
+            let frame = |ch: u8, data: &[u8]| {
+                let mut v = vec![ch];
+                v.extend_from_slice(data);
+                Message::Binary(v.into())
+            };
+            if !reply.stdout.is_empty() {
+                let _ = socket.send(frame(1, reply.stdout.as_bytes())).await;
+            }
+            if !reply.stderr.is_empty() {
+                let _ = socket.send(frame(2, reply.stderr.as_bytes())).await;
+            }
+            let st = if reply.exit_code == 0 {
+                json!({"metadata": {}, "status": "Success"})
+            } else {
+                json!({"metadata": {}, "status": "Failure",
+                    "message": format!("command terminated with non-zero exit code: {}", reply.exit_code),
+                    "reason": "NonZeroExitCode",
+                    "details": {"causes": [{"reason": "ExitCode", "message": reply.exit_code.to_string()}]}})
+            };
+            let _ = socket.send(frame(3, st.to_string().as_bytes())).await;
+            let _ = socket.send(Message::Close(None)).await;
+        })
 }

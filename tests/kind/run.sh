@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End to end on a real cluster: kind (no CNI, no kube-proxy) -> static binary and its
-# image -> cilium install -> status --wait -> upgrade (one node at a time) -> uninstall
+# image -> cilium install -> status --wait -> connectivity test -> upgrade (one node at a time) -> uninstall
 # (the nodes' CNI files removed). The cluster is deleted on exit, failed or not
 # (KEEP=1 keeps it). Needs docker, kind, kubectl and the Rust toolchain; not run in CI.
 #
@@ -54,12 +54,14 @@ log "cilium install"
 log "cilium status --wait"
 "$BIN" status "${K[@]}" --wait --wait-duration 5m
 
-log "cilium connectivity test: not run"
-# TODO(P5): `cilium connectivity test` has only the local-cluster Platform so far
-# (src/cmd/connectivity.rs; README row "connectivity test against a Kubernetes
-# cluster"). Until a Kubernetes Platform exists this script does not pretend: it checks
-# install, status, upgrade and uninstall only.
-echo "skipped: the connectivity test cannot target a Kubernetes cluster yet (P5)"
+log "cilium connectivity test"
+# The test pods run the agent's image (cilium echo-server, cilium pause, cilium probe);
+# actions from outside the cluster are skipped; the world tests need the nodes to reach
+# 1.1.1.1 and 1.0.0.1 (EXTERNAL_IP / EXTERNAL_OTHER_IP to change them).
+"$BIN" connectivity test "${K[@]}" --junit-file "$WORK/connectivity.xml" \
+  --external-ip "${EXTERNAL_IP:-1.1.1.1}" --external-other-ip "${EXTERNAL_OTHER_IP:-1.0.0.1}"
+kubectl "${K[@]}" get namespace cilium-test-1 >/dev/null 2>&1 &&
+  die "namespace cilium-test-1 is still there after the connectivity test"
 
 log "cilium upgrade (a config change: every agent rolls, one node at a time)"
 "$BIN" upgrade "${K[@]}" --set debug.enabled=true --wait-duration 5m
