@@ -129,7 +129,14 @@ impl Source for StoreSource {
     }
 
     fn snapshot(&self) -> Result<Snapshot, SourceError> {
-        Ok(self.store.snapshot()?)
+        let snap = self.store.snapshot()?;
+        // What the snapshot holds needs no journal reading later.
+        let offset = self.journal_offset.load(Ordering::Relaxed);
+        self.journal_offset.store(
+            self.store.journal_offset_after(snap.generation, offset),
+            Ordering::Relaxed,
+        );
+        Ok(snap)
     }
 
     fn services_for(&self, keys: &ServiceKeys) -> (Vec<Service>, Vec<EndpointSlice>) {
@@ -195,6 +202,33 @@ mod tests {
             .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: b\n")
             .expect("apply");
         assert_eq!(src.changes_since(g + 1).expect("changes"), Changes::All);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_snapshot_moves_the_journal_cursor_past_what_it_read() {
+        const JOURNAL_FILE: &str = "journal";
+        let dir = std::env::temp_dir().join(format!("cilium-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).expect("store");
+        let svc = |name: &str, ip: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: a\nspec:\n  clusterIP: {ip}\n  ports:\n  - port: 80\n")
+        };
+        store.apply(&svc("one", "10.96.0.1")).expect("apply");
+        store.apply(&svc("two", "10.96.0.2")).expect("apply");
+        let len = std::fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len();
+        let after1 = store.journal_offset_after(1, 0);
+        assert!(after1 > 0 && after1 < len, "{after1} of {len}");
+        assert_eq!(store.journal_offset_after(2, 0), len);
+        assert_eq!(store.journal_offset_after(2, after1), len);
+        // From the cursor after generation 1, generation 2's file is still there.
+        let ch = store.changes_since(1, after1).expect("journal");
+        assert_eq!(ch.generation, 2);
+        assert_eq!(ch.files.len(), 1, "{:?}", ch.files);
+        let src = StoreSource::new(store);
+        let snap = src.snapshot().expect("snapshot");
+        assert_eq!(snap.generation, 2);
+        assert_eq!(src.journal_offset.load(Ordering::Relaxed), len);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
