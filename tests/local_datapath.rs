@@ -321,3 +321,48 @@ fn cgroup2_is_mounted_where_the_agent_needs_it_and_a_busy_directory_is_refused()
     assert!(!is_cgroup2(&dir));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn iptables_runs_from_the_hosts_filesystem_when_the_image_has_none() {
+    if !privileged() {
+        return;
+    }
+    // A mount namespace whose filesystem has a file ours has not (the image's view vs
+    // the host's): a command set up for that namespace reads it.
+    let dir = std::env::temp_dir().join(format!("cilium-mntns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut holder = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs none {d} && echo from-the-other-namespace > {d}/marker && echo ready && sleep 30",
+            d = dir.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux)");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    assert!(!dir.join("marker").exists(), "not in our namespace");
+    let mnt = std::path::PathBuf::from(format!("/proc/{}/ns/mnt", holder.id()));
+    let out = cilium::agent::kube_proxy::command_in_mount_ns("cat", &mnt)
+        .arg(dir.join("marker"))
+        .output()
+        .unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "from-the-other-namespace",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // With iptables on PATH (as here) the agent runs its own view's iptables.
+    let c = cilium::agent::kube_proxy::iptables_command("iptables-save", &mnt);
+    assert_eq!(c.get_program(), "iptables-save");
+}

@@ -137,8 +137,51 @@ pub fn removal_script(table: &str, save: &str) -> Option<String> {
     Some(out)
 }
 
+/// The host's mount namespace as the agent's DaemonSet mounts it (hostPath /proc at
+/// /hostproc, as Cilium's init containers use it): the image holds only our binary, so
+/// iptables runs from the host's filesystem (in the node's network namespace, which the
+/// agent shares).
+pub const HOST_MOUNT_NS: &str = "/hostproc/1/ns/mnt";
+
+/// Whether a program is on this process's PATH.
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+/// A command for an iptables program: from PATH when it is there, else run in the
+/// mount namespace `host_mnt` (the host's) when that exists.
+pub fn iptables_command(cmd: &str, host_mnt: &std::path::Path) -> Command {
+    if !on_path(cmd) && host_mnt.exists() {
+        command_in_mount_ns(cmd, host_mnt)
+    } else {
+        Command::new(cmd)
+    }
+}
+
+/// A command that runs in the mount namespace `mnt` (a /proc/PID/ns/mnt file): the
+/// program and its files come from that namespace's filesystem.
+pub fn command_in_mount_ns(cmd: &str, mnt: &std::path::Path) -> Command {
+    let mut c = Command::new(cmd);
+    if let Ok(ns) = std::fs::File::open(mnt) {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec only setns(2) runs (async-signal-safe); the
+        // file is owned by the closure, open until the command is dropped.
+        unsafe {
+            c.pre_exec(move || {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    c
+}
+
 fn save(cmd: &str, table: &str) -> Result<Option<String>, KubeProxyError> {
-    let out = match Command::new(cmd).args(["-t", table]).output() {
+    let out = match iptables_command(cmd, std::path::Path::new(HOST_MOUNT_NS))
+        .args(["-t", table])
+        .output()
+    {
         Ok(o) => o,
         // ip6tables may be absent where iptables is present.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && cmd.starts_with("ip6") => {
@@ -190,7 +233,7 @@ pub fn remove_chains() -> Result<usize, KubeProxyError> {
             let Some(script) = removal_script(table, &s) else {
                 continue;
             };
-            let mut child = Command::new(restore_cmd)
+            let mut child = iptables_command(restore_cmd, std::path::Path::new(HOST_MOUNT_NS))
                 .args(["--noflush", "--wait"])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
