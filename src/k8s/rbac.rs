@@ -244,7 +244,10 @@ mod tests {
     #[test]
     fn operator_rules_are_exactly_its_calls() {
         for (g, r, v) in OPERATOR_CALLS {
-            assert!(allows(OPERATOR_RULES, g, r, v), "{v} {g}/{r} is not granted");
+            assert!(
+                allows(OPERATOR_RULES, g, r, v),
+                "{v} {g}/{r} is not granted"
+            );
         }
         for rule in OPERATOR_RULES {
             for g in rule.api_groups {

@@ -324,9 +324,7 @@ fn orphans_of(ceps: &[Arc<CiliumEndpoint>], pods: &PodUids) -> Vec<Arc<CiliumEnd
         .into_iter()
         .filter_map(|o| {
             ceps.iter()
-                .find(|c| {
-                    c.name_any() == o.name && c.namespace().as_deref() == Some(&o.namespace)
-                })
+                .find(|c| c.name_any() == o.name && c.namespace().as_deref() == Some(&o.namespace))
                 .cloned()
         })
         .collect()

@@ -20,11 +20,7 @@ mod tests;
 use std::time::Duration;
 
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
-use kube::{
-    core::PartialObjectMeta,
-    runtime::watcher,
-    Api, Client,
-};
+use kube::{core::PartialObjectMeta, runtime::watcher, Api, Client};
 
 pub use config::{OperatorArgs, OperatorConfig};
 

@@ -230,7 +230,11 @@ async fn known_labels_are_answered_from_the_cache_without_an_api_call() {
 async fn a_stale_cache_missing_an_existing_identity_still_adopts_it() {
     let api = FakeApi::start().await;
     let c: Vec<u32> = candidates(&labels("web")).take(2).collect();
-    api.insert("cilium.io", "ciliumidentities", object(c[0], &labels("web")));
+    api.insert(
+        "cilium.io",
+        "ciliumidentities",
+        object(c[0], &labels("web")),
+    );
     // Synced, but empty: it never saw c[0].
     let (stale, _writer) = reflector::store::<CiliumIdentity>();
     let id = allocate(Api::all(api.client()), Some(stale), labels("web"))
