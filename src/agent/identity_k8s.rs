@@ -1,9 +1,17 @@
 //! Security identities as CiliumIdentity objects (Cilium's `crd` identity allocation
 //! mode): every agent of a cluster agrees on numbers through the API server.
 //!
+//! - **cache**: a `kube` watcher + reflector store of every CiliumIdentity, on the
+//!   allocator's runtime (watch backoff after API loss; the store keeps the last state
+//!   and a relist swaps in at its InitDone). Once it holds a complete list, a lookup is
+//!   answered from it and an allocation of known labels makes no API call. Before that,
+//!   the lookup and the free-number search read the API (two lists, as without a cache).
+//!   The cache may lag: an identity it misses is met by the create (409, re-read,
+//!   adopted when its labels are equal), a number it thinks free likewise.
 //! - **allocate**: an identity whose `security-labels` equal the labels exactly is
-//!   reused (found by a list with a label selector, then compared in full: the selector
-//!   only narrows); with several, the lowest number, so agents converge. Otherwise a
+//!   reused (found in the cache, or by a list with a label selector, then compared in
+//!   full: the selector only narrows); with several, the lowest number, so agents
+//!   converge. Otherwise a
 //!   free number of the cluster range ([`MIN_USER_IDENTITY`]..=[`MAX_USER_IDENTITY`],
 //!   as [`FileAllocator`](super::identity::FileAllocator)) is created, named by the
 //!   number: the API server's create-if-absent on the name is the lock. The search for a
@@ -37,10 +45,16 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
 };
 
+use futures::StreamExt;
 use kube::{
     api::{ListParams, ObjectMeta, PostParams},
+    runtime::{reflector, watcher, WatchStreamExt},
     Api, Client, ResourceExt,
 };
 
@@ -60,6 +74,8 @@ pub struct K8sIdentityAllocator {
     /// Drives the client; `None` only while dropping.
     rt: Option<tokio::runtime::Runtime>,
     api: Api<CiliumIdentity>,
+    /// Every CiliumIdentity, as the watcher last saw them.
+    cache: Cache,
     /// Label set -> (identity, users): this agent's references, in memory.
     refs: BTreeMap<Labels, (u32, BTreeSet<String>)>,
     timeout: std::time::Duration,
@@ -82,9 +98,12 @@ impl K8sIdentityAllocator {
                 source,
             })?
         };
+        let api: Api<CiliumIdentity> = Api::all(client);
+        let cache = Cache::spawn(&rt, api.clone());
         Ok(Self {
             rt: Some(rt),
-            api: Api::all(client),
+            api,
+            cache,
             refs: BTreeMap::new(),
             timeout: DEFAULT_TIMEOUT,
         })
@@ -94,6 +113,11 @@ impl K8sIdentityAllocator {
     pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// Whether the cache holds a complete list (lookups no longer call the API).
+    pub fn cache_synced(&self) -> bool {
+        self.cache.synced()
     }
 
     /// Runs `fut` on the allocator's runtime and waits for it.
@@ -131,7 +155,14 @@ impl IdentityAllocator for K8sIdentityAllocator {
             users.insert(user.to_string());
             return Ok(*id);
         }
-        let id = self.run(allocate(self.api.clone(), labels.clone()))?;
+        let id = match self.cache.lookup(labels) {
+            Some(id) => id,
+            None => self.run(allocate(
+                self.api.clone(),
+                self.cache.synced().then(|| self.cache.store.clone()),
+                labels.clone(),
+            ))?,
+        };
         self.refs
             .insert(labels.clone(), (id, BTreeSet::from([user.to_string()])));
         Ok(id)
@@ -171,6 +202,61 @@ impl IdentityAllocator for K8sIdentityAllocator {
     }
 }
 
+/// The watcher's store of every CiliumIdentity and whether it has seen a complete list.
+struct Cache {
+    store: reflector::Store<CiliumIdentity>,
+    synced: Arc<AtomicBool>,
+}
+
+impl Cache {
+    /// Starts the watcher on `rt`; it stops with the runtime.
+    fn spawn(rt: &tokio::runtime::Runtime, api: Api<CiliumIdentity>) -> Self {
+        let (store, writer) = reflector::store();
+        let synced = Arc::new(AtomicBool::new(false));
+        let flag = synced.clone();
+        let stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|i: &mut CiliumIdentity| i.managed_fields_mut().clear())
+            .reflect(writer);
+        rt.spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let mut failing = false;
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(ev) => {
+                        if failing {
+                            tracing::info!("watch of CiliumIdentities works again");
+                            failing = false;
+                        }
+                        if matches!(ev, watcher::Event::InitDone) {
+                            flag.store(true, Ordering::Release);
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "watch of CiliumIdentities failed; retrying with backoff, the cache keeps the last state");
+                        }
+                        failing = true;
+                    }
+                }
+            }
+        });
+        Self { store, synced }
+    }
+
+    fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// The lowest identity with exactly `labels`, if the synced cache has one.
+    fn lookup(&self, labels: &Labels) -> Option<u32> {
+        if !self.synced() {
+            return None;
+        }
+        lowest_match_in(self.store.state().iter().map(|i| i.as_ref()), labels)
+    }
+}
+
 fn api_error(op: &'static str) -> impl FnOnce(kube::Error) -> IdentityError {
     move |source| IdentityError::Api { op, source }
 }
@@ -182,8 +268,14 @@ fn id_of(i: &CiliumIdentity) -> Option<u32> {
 
 /// The lowest identity among `items` whose security labels are exactly `labels`.
 fn lowest_match(items: &[CiliumIdentity], labels: &Labels) -> Option<u32> {
+    lowest_match_in(items.iter(), labels)
+}
+
+fn lowest_match_in<'a>(
+    items: impl Iterator<Item = &'a CiliumIdentity>,
+    labels: &Labels,
+) -> Option<u32> {
     items
-        .iter()
         .filter(|i| i.spec.security_labels == labels.0)
         .filter_map(id_of)
         .min()
@@ -209,20 +301,41 @@ async fn list_all(
     }
 }
 
-async fn allocate(api: Api<CiliumIdentity>, labels: Labels) -> Result<u32, IdentityError> {
-    // 1. An identity with these labels already exists: the selector narrows, the full
-    //    comparison decides (a selector also matches supersets, and skips non-k8s labels).
-    let selector = label_selector(&labels);
-    let found = list_all(&api, ListParams::default().labels(&selector)).await?;
-    if let Some(id) = lowest_match(&found, &labels) {
-        return Ok(id);
-    }
-    // 2. Create the lowest free number; the name makes the create exclusive.
-    let all = list_all(&api, ListParams::default()).await?;
-    if let Some(id) = lowest_match(&all, &labels) {
-        return Ok(id); // created since the first list
-    }
-    let taken: BTreeSet<u32> = all.iter().filter_map(id_of).collect();
+/// Finds or creates the identity of `labels`. `cache`: the synced watch cache, which
+/// already missed the labels (the numbers it holds are skipped; nothing is listed);
+/// `None`: read the API.
+async fn allocate(
+    api: Api<CiliumIdentity>,
+    cache: Option<reflector::Store<CiliumIdentity>>,
+    labels: Labels,
+) -> Result<u32, IdentityError> {
+    let taken: BTreeSet<u32> = match cache {
+        Some(cache) => {
+            let all = cache.state();
+            if let Some(id) = lowest_match_in(all.iter().map(|i| i.as_ref()), &labels) {
+                return Ok(id); // arrived since the lookup
+            }
+            all.iter().filter_map(|i| id_of(i)).collect()
+        }
+        None => {
+            // 1. An identity with these labels already exists: the selector narrows, the
+            //    full comparison decides (a selector also matches supersets, and skips
+            //    non-k8s labels).
+            let selector = label_selector(&labels);
+            let found = list_all(&api, ListParams::default().labels(&selector)).await?;
+            if let Some(id) = lowest_match(&found, &labels) {
+                return Ok(id);
+            }
+            // 2. The numbers taken.
+            let all = list_all(&api, ListParams::default()).await?;
+            if let Some(id) = lowest_match(&all, &labels) {
+                return Ok(id); // created since the first list
+            }
+            all.iter().filter_map(id_of).collect()
+        }
+    };
+    // 3. Create the first free number in the search order; the name makes the create
+    //    exclusive.
     let mut free = candidates(&labels).filter(|id| !taken.contains(id));
     let object = |id: u32| CiliumIdentity {
         metadata: ObjectMeta {

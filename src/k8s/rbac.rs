@@ -13,11 +13,6 @@ pub struct Rule {
     pub verbs: &'static [&'static str],
 }
 
-const READ: &[&str] = &["get", "list", "watch"];
-const FULL: &[&str] = &[
-    "get", "list", "watch", "create", "update", "patch", "delete",
-];
-
 const WATCH: &[&str] = &["list", "watch"];
 
 /// What the agent (DaemonSet `cilium`, ServiceAccount `cilium`) may do: exactly the
@@ -72,11 +67,12 @@ pub const AGENT_RULES: &[Rule] = &[
         resources: &["ciliumendpoints"],
         verbs: &["list", "watch", "create", "patch", "delete"],
     },
-    // The identities it allocates (src/agent/identity_k8s.rs); the operator deletes them.
+    // The identities it allocates (src/agent/identity_k8s.rs: a watcher's cache, lists
+    // before it is synced, creates); the operator deletes them.
     Rule {
         api_groups: &["cilium.io"],
         resources: &["ciliumidentities"],
-        verbs: &["get", "list", "create"],
+        verbs: &["get", "list", "watch", "create"],
     },
 ];
 
@@ -114,6 +110,7 @@ pub const AGENT_CALLS: &[(&str, &str, &str)] = &[
     ("cilium.io", "ciliumendpoints", "delete"),
     ("cilium.io", "ciliumidentities", "get"),
     ("cilium.io", "ciliumidentities", "list"),
+    ("cilium.io", "ciliumidentities", "watch"),
     ("cilium.io", "ciliumidentities", "create"),
 ];
 
@@ -124,25 +121,28 @@ pub fn agent_calls(group: &str, resource: &str, verb: &str) -> bool {
         .any(|(g, r, v)| *g == group && *r == resource && *v == verb)
 }
 
-/// What the operator (Deployment `cilium-operator`, ServiceAccount `cilium-operator`) may do.
+/// What the operator (Deployment `cilium-operator`, ServiceAccount `cilium-operator`) may
+/// do: exactly the calls of [`OPERATOR_CALLS`] (a test checks both ways).
 pub const OPERATOR_RULES: &[Rule] = &[
-    Rule {
-        api_groups: &[""],
-        resources: &["nodes"],
-        verbs: READ,
-    },
-    // Garbage collection of endpoints and identities: which pods still exist.
+    // The CiliumEndpoint collector's watcher: which pods still exist (metadata only).
     Rule {
         api_groups: &[""],
         resources: &["pods"],
-        verbs: &["list", "watch"],
+        verbs: WATCH,
     },
-    // Cluster-pool IPAM: pod CIDRs into CiliumNode spec, allocation state into status.
+    // Cluster-pool IPAM (src/operator/ipam.rs): a watcher of the CiliumNodes, pod CIDRs
+    // into their spec, allocation errors into their status.
     Rule {
         api_groups: &["cilium.io"],
-        resources: &["ciliumnodes", "ciliumnodes/status"],
-        verbs: FULL,
+        resources: &["ciliumnodes"],
+        verbs: &["list", "watch", "patch"],
     },
+    Rule {
+        api_groups: &["cilium.io"],
+        resources: &["ciliumnodes/status"],
+        verbs: &["patch"],
+    },
+    // Garbage collection (src/operator/gc.rs): watchers, and deletes of what is unused.
     Rule {
         api_groups: &["cilium.io"],
         resources: &["ciliumidentities", "ciliumendpoints"],
@@ -154,13 +154,35 @@ pub const OPERATOR_RULES: &[Rule] = &[
         resources: &["leases"],
         verbs: &["get", "create", "update"],
     },
-    // The operator registers (and upgrades) the CRDs.
-    Rule {
-        api_groups: &["apiextensions.k8s.io"],
-        resources: &["customresourcedefinitions"],
-        verbs: &["get", "list", "create", "update"],
-    },
 ];
+
+/// Every call the operator makes, as (group, resource, verb): its watchers (a list,
+/// then watches), the IPAM writes, the collectors' deletes and leader election. The
+/// API-double tests check that every request they see is listed here.
+pub const OPERATOR_CALLS: &[(&str, &str, &str)] = &[
+    ("", "pods", "list"),
+    ("", "pods", "watch"),
+    ("cilium.io", "ciliumnodes", "list"),
+    ("cilium.io", "ciliumnodes", "watch"),
+    ("cilium.io", "ciliumnodes", "patch"),
+    ("cilium.io", "ciliumnodes/status", "patch"),
+    ("cilium.io", "ciliumidentities", "list"),
+    ("cilium.io", "ciliumidentities", "watch"),
+    ("cilium.io", "ciliumidentities", "delete"),
+    ("cilium.io", "ciliumendpoints", "list"),
+    ("cilium.io", "ciliumendpoints", "watch"),
+    ("cilium.io", "ciliumendpoints", "delete"),
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
+];
+
+/// Whether `(group, resource, verb)` is one of the operator's listed calls.
+pub fn operator_calls(group: &str, resource: &str, verb: &str) -> bool {
+    OPERATOR_CALLS
+        .iter()
+        .any(|(g, r, v)| *g == group && *r == resource && *v == verb)
+}
 
 /// Whether `rules` allow `verb` on `resource` (`name` or `name/subresource`) of `group`.
 pub fn allows(rules: &[Rule], group: &str, resource: &str, verb: &str) -> bool {
@@ -211,6 +233,29 @@ mod tests {
                         assert!(
                             agent_calls(g, r, v),
                             "{v} {g}/{r} is granted but the agent never calls it"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every grant is a call the operator makes, and every call is granted.
+    #[test]
+    fn operator_rules_are_exactly_its_calls() {
+        for (g, r, v) in OPERATOR_CALLS {
+            assert!(
+                allows(OPERATOR_RULES, g, r, v),
+                "{v} {g}/{r} is not granted"
+            );
+        }
+        for rule in OPERATOR_RULES {
+            for g in rule.api_groups {
+                for r in rule.resources {
+                    for v in rule.verbs {
+                        assert!(
+                            operator_calls(g, r, v),
+                            "{v} {g}/{r} is granted but the operator never calls it"
                         );
                     }
                 }

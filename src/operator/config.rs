@@ -15,7 +15,8 @@ use clap::{ArgAction, Args};
 pub const DEFAULT_IDENTITY_GC_INTERVAL: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_IDENTITY_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_CEP_GC_INTERVAL: Duration = Duration::from_secs(5 * 60);
-/// How often the IPAM controller lists the CiliumNodes.
+/// How often the IPAM controller re-plans over its CiliumNode store with no event (it
+/// runs on every CiliumNode event; failed writes are retried within a second).
 pub const DEFAULT_IPAM_RESYNC: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Args)]

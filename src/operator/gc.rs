@@ -1,7 +1,13 @@
 //! Garbage collection of CiliumIdentities no endpoint uses and of CiliumEndpoints whose
 //! pod is gone. The decisions ([`stale_identities`], [`orphan_endpoints`]) are pure; the
-//! collectors list, decide and delete with preconditions (uid and resourceVersion), so an
-//! object that changed since it was listed is kept.
+//! collectors read (the leader's reflector stores on every tick, `pass_over`; or fresh
+//! lists, `pass`), decide and delete with preconditions (uid and resourceVersion), so an
+//! object that changed since it was read is kept.
+//!
+//! Endpoints from the stores: the Pod and CiliumEndpoint stores are not read at one
+//! instant (a new pod's endpoint may reach its store before the pod reaches its own), so
+//! an endpoint is deleted only when it was an orphan at the previous tick as well (same
+//! uid): at least one GC interval without its pod.
 //!
 //! Identities: as upstream's in-memory heartbeat store, an identity is "alive" while a
 //! CiliumEndpoint's `status.identity.id` names it; one seen unused is deleted once it
@@ -11,12 +17,14 @@
 //! hastens it.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     api::{DeleteParams, ListParams, Preconditions},
+    core::PartialObjectMeta,
     Api, Client, ResourceExt,
 };
 
@@ -123,12 +131,31 @@ impl IdentityGc {
         }
     }
 
-    /// One pass; returns the names deleted.
+    /// One pass over fresh lists; returns the names deleted.
     pub async fn pass(&mut self) -> Result<Vec<String>, kube::Error> {
         // Identities first: an endpoint using one of them exists by the time we list
         // endpoints, or is newer than the grace period anyway.
-        let ids = list_all(&self.identities).await?;
-        let eps = list_all(&self.endpoints).await?;
+        let ids: Vec<Arc<CiliumIdentity>> = list_all(&self.identities)
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let eps: Vec<Arc<CiliumEndpoint>> = list_all(&self.endpoints)
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        Ok(self.pass_over(&ids, &eps).await)
+    }
+
+    /// One pass over every identity and endpoint (the stores); returns the names
+    /// deleted. An identity seen unused by the store while its endpoint is on the way
+    /// only starts its clock: the grace period covers the lag.
+    pub async fn pass_over(
+        &mut self,
+        ids: &[Arc<CiliumIdentity>],
+        eps: &[Arc<CiliumEndpoint>],
+    ) -> Vec<String> {
         let used: BTreeSet<String> = eps
             .iter()
             .filter_map(|e| e.status.as_ref()?.identity.as_ref())
@@ -149,7 +176,7 @@ impl IdentityGc {
             };
             let r = self
                 .identities
-                .delete(&name, &preconditions(obj))
+                .delete(&name, &preconditions(obj.as_ref()))
                 .await
                 .map(|_| ());
             match deleted(r) {
@@ -159,33 +186,42 @@ impl IdentityGc {
                     out.push(name);
                 }
                 Ok(false) => {
-                    tracing::debug!(identity = %name, "identity changed since listed; kept")
+                    tracing::debug!(identity = %name, "identity changed since read; kept")
                 }
                 Err(e) => {
                     tracing::warn!(identity = %name, error = %e, "deleting identity failed; retrying next pass")
                 }
             }
         }
-        Ok(out)
+        out
     }
 }
 
 /// The endpoint collector.
 pub struct EndpointGc {
     client: Client,
+    /// Endpoints (namespace, name, uid) found orphaned at the previous store tick.
+    suspects: BTreeSet<(String, String, String)>,
 }
+
+/// (namespace, name) -> uid of every pod.
+type PodUids = BTreeMap<(String, String), String>;
 
 impl EndpointGc {
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            suspects: BTreeSet::new(),
+        }
     }
 
-    /// One pass; returns `namespace/name` of the endpoints deleted.
+    /// One pass over fresh lists (endpoints, then pods: the pod of every endpoint listed
+    /// exists by the time pods are listed); returns `namespace/name` of the endpoints
+    /// deleted.
     pub async fn pass(&self) -> Result<Vec<String>, kube::Error> {
         let all: Api<CiliumEndpoint> = Api::all(self.client.clone());
-        // Endpoints first: the pod of any endpoint listed exists by the time pods are
-        // listed (the agent creates the endpoint for a running pod).
-        let ceps = list_all(&all).await?;
+        let ceps: Vec<Arc<CiliumEndpoint>> =
+            list_all(&all).await?.into_iter().map(Arc::new).collect();
         let pods_api: Api<Pod> = Api::all(self.client.clone());
         let mut pods = BTreeMap::new();
         let mut lp = ListParams::default().limit(500);
@@ -202,31 +238,53 @@ impl EndpointGc {
                 None => break,
             }
         }
-        let refs: Vec<EndpointRef> = ceps
+        let orphans = orphans_of(&ceps, &pods);
+        Ok(self.delete(orphans).await)
+    }
+
+    /// One tick over the stores: deletes the endpoints orphaned now and at the previous
+    /// tick (see the module documentation); returns `namespace/name` of those deleted.
+    pub async fn pass_over(
+        &mut self,
+        ceps: &[Arc<CiliumEndpoint>],
+        pods: &[Arc<PartialObjectMeta<Pod>>],
+    ) -> Vec<String> {
+        let pods: PodUids = pods
             .iter()
-            .map(|c| EndpointRef {
-                namespace: c.namespace().unwrap_or_default(),
-                name: c.name_any(),
-                pod_owners: c
-                    .owner_references()
-                    .iter()
-                    .filter(|o| o.kind == "Pod")
-                    .map(|o| (o.name.clone(), o.uid.clone()))
-                    .collect(),
-                other_owners: c.owner_references().iter().any(|o| o.kind != "Pod"),
+            .map(|p| {
+                (
+                    (p.namespace().unwrap_or_default(), p.name_any()),
+                    p.metadata.uid.clone().unwrap_or_default(),
+                )
             })
             .collect();
+        let orphans = orphans_of(ceps, &pods);
+        let key = |c: &CiliumEndpoint| {
+            (
+                c.namespace().unwrap_or_default(),
+                c.name_any(),
+                c.metadata.uid.clone().unwrap_or_default(),
+            )
+        };
+        let now: BTreeSet<_> = orphans.iter().map(|c| key(c)).collect();
+        let (confirmed, fresh): (Vec<_>, Vec<_>) = orphans
+            .into_iter()
+            .partition(|c| self.suspects.contains(&key(c)));
+        for c in &fresh {
+            tracing::debug!(endpoint = %format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()), "CiliumEndpoint without its pod; deleted at the next tick if still so");
+        }
+        self.suspects = now;
+        self.delete(confirmed).await
+    }
+
+    async fn delete(&self, orphans: Vec<Arc<CiliumEndpoint>>) -> Vec<String> {
         let mut out = Vec::new();
-        for orphan in orphan_endpoints(&refs, &pods) {
-            let Some(obj) = ceps.iter().find(|c| {
-                c.name_any() == orphan.name && c.namespace().as_deref() == Some(&orphan.namespace)
-            }) else {
-                continue;
-            };
-            let api: Api<CiliumEndpoint> = Api::namespaced(self.client.clone(), &orphan.namespace);
-            let key = format!("{}/{}", orphan.namespace, orphan.name);
+        for obj in orphans {
+            let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+            let api: Api<CiliumEndpoint> = Api::namespaced(self.client.clone(), &ns);
+            let key = format!("{ns}/{name}");
             let r = api
-                .delete(&orphan.name, &preconditions(obj))
+                .delete(&name, &preconditions(obj.as_ref()))
                 .await
                 .map(|_| ());
             match deleted(r) {
@@ -235,15 +293,41 @@ impl EndpointGc {
                     out.push(key);
                 }
                 Ok(false) => {
-                    tracing::debug!(endpoint = %key, "endpoint changed since listed; kept")
+                    tracing::debug!(endpoint = %key, "endpoint changed since read; kept")
                 }
                 Err(e) => {
                     tracing::warn!(endpoint = %key, error = %e, "deleting endpoint failed; retrying next pass")
                 }
             }
         }
-        Ok(out)
+        out
     }
+}
+
+/// The endpoints of `ceps` whose pod is gone ([`orphan_endpoints`]).
+fn orphans_of(ceps: &[Arc<CiliumEndpoint>], pods: &PodUids) -> Vec<Arc<CiliumEndpoint>> {
+    let refs: Vec<EndpointRef> = ceps
+        .iter()
+        .map(|c| EndpointRef {
+            namespace: c.namespace().unwrap_or_default(),
+            name: c.name_any(),
+            pod_owners: c
+                .owner_references()
+                .iter()
+                .filter(|o| o.kind == "Pod")
+                .map(|o| (o.name.clone(), o.uid.clone()))
+                .collect(),
+            other_owners: c.owner_references().iter().any(|o| o.kind != "Pod"),
+        })
+        .collect();
+    orphan_endpoints(&refs, pods)
+        .into_iter()
+        .filter_map(|o| {
+            ceps.iter()
+                .find(|c| c.name_any() == o.name && c.namespace().as_deref() == Some(&o.namespace))
+                .cloned()
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,10 +1,16 @@
-//! The cluster-pool IPAM controller: every pass lists the CiliumNodes, rebuilds the
-//! allocation from what they hold ([`alloc::plan`]), writes `spec.ipam.podCIDRs` of the
-//! nodes that got a CIDR (merge patch carrying the resourceVersion read, so a node
-//! changed meanwhile is retried next pass rather than overwritten) and keeps
-//! `status.ipam.operator-status.error` in line with the plan. A deleted node holds
-//! nothing on the next pass: its CIDR is free again.
-use std::collections::BTreeMap;
+//! The cluster-pool IPAM controller: every pass takes the CiliumNodes (the leader's
+//! reflector store, [`IpamController::pass_over`], run on every CiliumNode event; or a
+//! fresh list, [`IpamController::pass`]), rebuilds the allocation from what they hold
+//! ([`alloc::plan`]), writes `spec.ipam.podCIDRs` of the nodes that got a CIDR (merge
+//! patch carrying the resourceVersion read, so a node changed meanwhile is retried
+//! rather than overwritten) and keeps `status.ipam.operator-status.error` in line with
+//! the plan. A deleted node holds nothing on the next pass: its CIDR is free again.
+//!
+//! The store lags the controller's own writes by a watch event: until it shows a node
+//! at a resourceVersion other than the one a write was made from, the pass uses what
+//! it wrote (`written`), so a CIDR just handed out is never handed out again to another
+//! node in between.
+use std::{collections::BTreeMap, sync::Arc};
 
 use kube::{
     api::{ListParams, Patch, PatchParams},
@@ -33,6 +39,18 @@ pub struct IpamController {
     pool: ClusterPool,
     /// Pod CIDRs of each node at the last pass, to log releases.
     last: BTreeMap<String, Vec<String>>,
+    /// Node -> what this controller wrote to it and the resourceVersion it wrote from.
+    written: BTreeMap<String, Written>,
+}
+
+/// A write the store may not show yet.
+#[derive(Debug, Clone, Default)]
+struct Written {
+    /// The node's resourceVersion the write was made from.
+    from: Option<String>,
+    pod_cidrs: Option<Vec<String>>,
+    /// The operator-status error written (`Some(None)`: cleared).
+    error: Option<Option<String>>,
 }
 
 /// Every object of `api`, page by page.
@@ -60,22 +78,45 @@ impl IpamController {
             api,
             pool,
             last: BTreeMap::new(),
+            written: BTreeMap::new(),
         }
     }
 
+    /// One pass over a fresh list of the CiliumNodes.
     pub async fn pass(&mut self) -> Result<IpamReport, kube::Error> {
-        let nodes = list_all(&self.api).await?;
+        let nodes: Vec<Arc<CiliumNode>> = list_all(&self.api)
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        Ok(self.pass_over(&nodes).await)
+    }
+
+    /// One pass over `nodes` (every CiliumNode, as the store holds them). Failed writes
+    /// are in the report, to be retried.
+    pub async fn pass_over(&mut self, nodes: &[Arc<CiliumNode>]) -> IpamReport {
+        // Writes the store shows now (or whose node is gone) need no overlay.
+        self.written.retain(|name, w| {
+            nodes
+                .iter()
+                .any(|n| n.name_any() == *name && n.metadata.resource_version == w.from)
+        });
         let views: Vec<NodeView> = nodes
             .iter()
-            .map(|n| NodeView {
-                name: n.name_any(),
-                created: n.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                pod_cidrs: n
-                    .spec
-                    .ipam
-                    .as_ref()
-                    .map(|i| i.pod_cidrs.clone())
-                    .unwrap_or_default(),
+            .map(|n| {
+                let name = n.name_any();
+                let written = self.written.get(&name).and_then(|w| w.pod_cidrs.clone());
+                NodeView {
+                    created: n.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    pod_cidrs: written.unwrap_or_else(|| {
+                        n.spec
+                            .ipam
+                            .as_ref()
+                            .map(|i| i.pod_cidrs.clone())
+                            .unwrap_or_default()
+                    }),
+                    name,
+                }
             })
             .collect();
         let (plans, _) = alloc::plan(self.pool.clone(), &views);
@@ -95,26 +136,32 @@ impl IpamController {
                     .await
                 {
                     Ok(_) => {
+                        let w = self.written.entry(name.clone()).or_default();
+                        w.from = node.metadata.resource_version.clone();
+                        w.pod_cidrs = Some(new.clone());
                         let cidr = new.first().cloned().unwrap_or_default();
                         tracing::info!(node = %name, %cidr, "allocated pod CIDR");
                         report.allocated.push((name.clone(), cidr));
                         cidrs = new.clone();
                     }
                     Err(e) => {
-                        tracing::warn!(node = %name, error = %e, "writing the pod CIDR failed; retrying next pass");
+                        tracing::warn!(node = %name, error = %e, "writing the pod CIDR failed; retrying");
                         report.failed.push((name.clone(), e.to_string()));
                         now.insert(name, cidrs);
                         continue;
                     }
                 }
             }
-            let current = node
-                .status
-                .as_ref()
-                .and_then(|s| s.ipam.as_ref())
-                .and_then(|i| i.operator_status.as_ref())
-                .and_then(|o| o.error.clone())
-                .filter(|e| !e.is_empty());
+            let current = match self.written.get(&name).and_then(|w| w.error.clone()) {
+                Some(written) => written,
+                None => node
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ipam.as_ref())
+                    .and_then(|i| i.operator_status.as_ref())
+                    .and_then(|o| o.error.clone())
+                    .filter(|e| !e.is_empty()),
+            };
             if current != plan.error {
                 let status = match &plan.error {
                     Some(e) => json!({ "error": e }),
@@ -127,6 +174,11 @@ impl IpamController {
                     .await
                 {
                     Ok(_) => {
+                        let w = self.written.entry(name.clone()).or_default();
+                        if w.from.is_none() {
+                            w.from = node.metadata.resource_version.clone();
+                        }
+                        w.error = Some(plan.error.clone());
                         if let Some(e) = &plan.error {
                             tracing::warn!(node = %name, error = %e, "pod CIDR allocation failed for this node");
                         }
@@ -135,7 +187,7 @@ impl IpamController {
                             .push((name.clone(), plan.error.clone().unwrap_or_default()));
                     }
                     Err(e) => {
-                        tracing::warn!(node = %name, error = %e, "writing the node's IPAM status failed; retrying next pass");
+                        tracing::warn!(node = %name, error = %e, "writing the node's IPAM status failed; retrying");
                         report.failed.push((name.clone(), e.to_string()));
                     }
                 }
@@ -149,6 +201,6 @@ impl IpamController {
             }
         }
         self.last = now;
-        Ok(report)
+        report
     }
 }

@@ -2,19 +2,25 @@
 //! one elected replica at a time — cluster-pool IPAM (pod CIDRs for CiliumNodes) and
 //! garbage collection of identities and endpoints. Every replica serves `/healthz`;
 //! only the holder of the Lease runs the controllers, and it stops them the moment it
-//! loses the Lease.
+//! loses the Lease. The controllers read the cluster through watchers and reflector
+//! stores ([`watch`]) started on becoming leader: IPAM reacts to every CiliumNode
+//! event, the garbage collectors tick over the stores; none acts before its stores hold
+//! a complete list.
 pub mod alloc;
 pub mod config;
 pub mod gc;
 pub mod health;
 pub mod ipam;
 pub mod leader;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
 
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::{Api, Client};
+use std::time::Duration;
+
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use kube::{core::PartialObjectMeta, runtime::watcher, Api, Client};
 
 pub use config::{OperatorArgs, OperatorConfig};
 
@@ -128,51 +134,117 @@ async fn shutdown_signal() {
     }
 }
 
-/// The leader's controllers, each a loop of passes; never returns.
+/// How soon failed IPAM writes are retried (at most the resync interval).
+const IPAM_RETRY: Duration = Duration::from_secs(1);
+/// How often working watches count as a successful API call for /healthz (an idle
+/// watch makes no call the health endpoint would otherwise see).
+const WATCH_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The leader's controllers over their watchers' stores; never returns. Dropping the
+/// future stops the watchers too.
 async fn controllers(client: Client, cfg: &OperatorConfig, health: &health::Health) {
+    use crate::k8s::crds::{CiliumEndpoint, CiliumIdentity, CiliumNode};
+    use watch::Watched;
+    fn spawn<K>(client: &Client, kind: &'static str, health: &health::Health) -> Watched<K>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        Watched::spawn(
+            watcher(Api::all(client.clone()), watcher::Config::default()),
+            kind,
+            health.clone(),
+        )
+    }
+    let nodes = cfg
+        .cluster_pool
+        .is_some()
+        .then(|| spawn::<CiliumNode>(&client, "CiliumNode", health));
+    let ids = cfg
+        .identity_gc_interval
+        .is_some()
+        .then(|| spawn::<CiliumIdentity>(&client, "CiliumIdentity", health));
+    // One CiliumEndpoint store for both collectors.
+    let eps = (cfg.identity_gc_interval.is_some() || cfg.cep_gc_interval.is_some())
+        .then(|| spawn::<CiliumEndpoint>(&client, "CiliumEndpoint", health));
+    // Pods as metadata only (name, namespace, uid).
+    let pods = cfg
+        .cep_gc_interval
+        .is_some()
+        .then(|| spawn::<PartialObjectMeta<Pod>>(&client, "Pod", health));
+    let liveness = {
+        let (nodes, ids, eps, pods) = (nodes.clone(), ids.clone(), eps.clone(), pods.clone());
+        async move {
+            loop {
+                tokio::time::sleep(WATCH_HEALTH_INTERVAL).await;
+                let all_ok = nodes.as_ref().is_none_or(Watched::healthy)
+                    && ids.as_ref().is_none_or(Watched::healthy)
+                    && eps.as_ref().is_none_or(Watched::healthy)
+                    && pods.as_ref().is_none_or(Watched::healthy);
+                if all_ok {
+                    health.api_ok();
+                }
+            }
+        }
+    };
     let ipam = async {
-        let Some(pool) = cfg.cluster_pool.clone() else {
+        let (Some(pool), Some(mut nodes)) = (cfg.cluster_pool.clone(), nodes.clone()) else {
             return std::future::pending::<()>().await;
         };
+        nodes.synced().await;
         let mut c = ipam::IpamController::new(Api::all(client.clone()), pool);
         loop {
-            report(c.pass().await, health, "cluster-pool IPAM");
-            tokio::time::sleep(cfg.ipam_resync).await;
+            let r = c.pass_over(&nodes.snapshot()).await;
+            let wait = if r.failed.is_empty() {
+                cfg.ipam_resync
+            } else {
+                cfg.ipam_resync.min(IPAM_RETRY)
+            };
+            tracing::debug!(controller = "cluster-pool IPAM", result = ?r, "pass done");
+            tokio::select! {
+                () = nodes.changed() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
         }
     };
     let identities = async {
-        let Some(interval) = cfg.identity_gc_interval else {
+        let (Some(interval), Some(mut ids), Some(mut eps)) =
+            (cfg.identity_gc_interval, ids.clone(), eps.clone())
+        else {
             return std::future::pending::<()>().await;
         };
+        ids.synced().await;
+        eps.synced().await;
         let mut c = gc::IdentityGc::new(client.clone(), cfg.identity_heartbeat_timeout);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            report(c.pass().await, health, "identity GC");
-            tokio::time::sleep(interval).await;
+            tick.tick().await;
+            let r = c.pass_over(&ids.state(), &eps.state()).await;
+            tracing::debug!(controller = "identity GC", deleted = ?r, "pass done");
         }
     };
     let endpoints = async {
-        let Some(interval) = cfg.cep_gc_interval else {
+        let (Some(interval), Some(mut eps), Some(mut pods)) =
+            (cfg.cep_gc_interval, eps.clone(), pods.clone())
+        else {
             return std::future::pending::<()>().await;
         };
-        let c = gc::EndpointGc::new(client.clone());
+        eps.synced().await;
+        pods.synced().await;
+        let mut c = gc::EndpointGc::new(client.clone());
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            report(c.pass().await, health, "CiliumEndpoint GC");
-            tokio::time::sleep(interval).await;
+            tick.tick().await;
+            let r = c.pass_over(&eps.state(), &pods.state()).await;
+            tracing::debug!(controller = "CiliumEndpoint GC", deleted = ?r, "pass done");
         }
     };
-    tokio::join!(ipam, identities, endpoints);
-}
-
-/// Logs one pass's outcome (a failed pass is retried at the next interval).
-fn report<T: std::fmt::Debug>(r: Result<T, kube::Error>, health: &health::Health, what: &str) {
-    match r {
-        Ok(r) => {
-            health.api_ok();
-            tracing::debug!(controller = what, result = ?r, "pass done");
-        }
-        Err(e) => {
-            health.api_error(&e);
-            tracing::warn!(controller = what, error = %e, "pass failed; retrying");
-        }
-    }
+    tokio::join!(liveness, ipam, identities, endpoints);
 }

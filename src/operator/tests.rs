@@ -22,7 +22,7 @@ use super::{
 };
 use crate::k8s::{
     fake_api::{FakeApi, Recorded},
-    rbac::{allows, OPERATOR_RULES},
+    rbac::{allows, operator_calls, OPERATOR_RULES},
 };
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
@@ -76,6 +76,15 @@ fn assert_rbac(reqs: &[Recorded]) {
         assert!(
             allows(OPERATOR_RULES, &r.group, &r.resource, &r.verb),
             "the operator's RBAC does not allow {} {:?}/{} ({} {})",
+            r.verb,
+            r.group,
+            r.resource,
+            r.method,
+            r.path
+        );
+        assert!(
+            operator_calls(&r.group, &r.resource, &r.verb),
+            "{} {:?}/{} ({} {}) is missing from rbac::OPERATOR_CALLS",
             r.verb,
             r.group,
             r.resource,
@@ -792,7 +801,326 @@ async fn the_operator_leads_allocates_collects_and_releases_on_shutdown() {
         )
         .expect("lease");
     assert_eq!(lease["spec"]["holderIdentity"], Value::Null, "released");
-    assert_rbac(&api.requests());
+    let reqs = api.requests();
+    assert_rbac(&reqs);
+    let mut seen: Vec<String> = reqs
+        .iter()
+        .map(|r| format!("{} {}/{}", r.verb, r.group, r.resource))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        [
+            "create coordination.k8s.io/leases",
+            "delete cilium.io/ciliumendpoints",
+            "delete cilium.io/ciliumidentities",
+            "get coordination.k8s.io/leases",
+            "list /pods",
+            "list cilium.io/ciliumendpoints",
+            "list cilium.io/ciliumidentities",
+            "list cilium.io/ciliumnodes",
+            "patch cilium.io/ciliumnodes",
+            "update coordination.k8s.io/leases",
+            "watch /pods",
+            "watch cilium.io/ciliumendpoints",
+            "watch cilium.io/ciliumidentities",
+            "watch cilium.io/ciliumnodes",
+        ],
+        "the running operator makes exactly these kinds of calls"
+    );
+}
+
+// ------------------------------------------------------------------ watchers
+
+/// The leader's controllers on `api` with `cfg`, as a task (aborting it stops them and
+/// their watchers).
+fn start_controllers(api: &FakeApi, cfg: super::OperatorConfig) -> tokio::task::JoinHandle<()> {
+    let client = api.client();
+    tokio::spawn(async move { super::controllers(client, &cfg, &Health::default()).await })
+}
+
+fn config(
+    cluster_pool: Option<ClusterPool>,
+    identity_gc: Option<(Duration, Duration)>,
+    cep_gc: Option<Duration>,
+) -> super::OperatorConfig {
+    super::OperatorConfig {
+        leader_elect: false,
+        namespace: "kube-system".into(),
+        lease: fast(),
+        serve_addr: "127.0.0.1:0".parse().unwrap(),
+        cluster_pool,
+        // Far longer than any wait below: only events can explain a prompt allocation.
+        ipam_resync: Duration::from_secs(60),
+        identity_gc_interval: identity_gc.map(|(i, _)| i),
+        identity_heartbeat_timeout: identity_gc.map(|(_, t)| t).unwrap_or_default(),
+        cep_gc_interval: cep_gc,
+    }
+}
+
+/// Waits until the watch of `resource` is open (its initial list is done).
+async fn watching(api: &FakeApi, resource: &str) {
+    wait_until(&format!("watch of {resource} open"), || {
+        api.requests()
+            .iter()
+            .any(|r| r.verb == "watch" && r.resource == resource)
+    })
+    .await;
+}
+
+fn count(reqs: &[Recorded], verb: &str, resource: &str) -> usize {
+    reqs.iter()
+        .filter(|r| r.verb == verb && r.resource == resource)
+        .count()
+}
+
+/// Time from a CiliumNode's creation to its `spec.ipam.podCIDRs` in the store.
+async fn time_to_cidr(api: &FakeApi, name: &str, created: &str) -> Duration {
+    let t = std::time::Instant::now();
+    api.insert("cilium.io", "ciliumnodes", node(name, created, &[]));
+    // Polled every millisecond: the figure is the operator's, not the poll's.
+    while pod_cidrs(api, name) == Value::Null {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{name} gets a pod CIDR"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    t.elapsed()
+}
+
+/// A new CiliumNode gets its CIDR from the watch event, not a poll (the resync is 60 s):
+/// well within a second, every time; a deleted node's CIDR goes to the waiting node at
+/// once. The nodes are listed once, never per pass.
+#[tokio::test]
+async fn ipam_allocates_on_the_node_event_and_releases_on_delete_at_once() {
+    let api = FakeApi::start().await;
+    let ctl = start_controllers(&api, config(Some(pool(&["10.0.0.0/20"], 24)), None, None));
+    watching(&api, "ciliumnodes").await;
+    let mut lat = Vec::new();
+    for k in 0..15 {
+        lat.push(
+            time_to_cidr(
+                &api,
+                &format!("n{k:02}"),
+                &format!("2026-01-01T00:00:{k:02}Z"),
+            )
+            .await,
+        );
+    }
+    lat.sort();
+    eprintln!(
+        "CiliumNode created -> podCIDRs assigned (15 nodes, API double): median {:?}, max {:?}",
+        lat[lat.len() / 2],
+        lat[lat.len() - 1]
+    );
+    assert!(
+        lat[lat.len() - 1] < Duration::from_secs(1),
+        "allocation waits for no poll: {lat:?}"
+    );
+    assert_eq!(pod_cidrs(&api, "n00"), json!(["10.0.0.0/24"]));
+    assert_eq!(pod_cidrs(&api, "n14"), json!(["10.0.14.0/24"]));
+    // The pool has one /24 left: the next node takes it, the one after waits with an
+    // error in its status.
+    let _ = time_to_cidr(&api, "n15", "2026-01-01T00:01:00Z").await;
+    api.insert(
+        "cilium.io",
+        "ciliumnodes",
+        node("late", "2026-01-01T00:02:00Z", &[]),
+    );
+    wait_until("exhaustion reported on the waiting node", || {
+        operator_error(&api, "late").is_string()
+    })
+    .await;
+    // A node goes: its CIDR is free at once and the waiting node gets it.
+    let t = std::time::Instant::now();
+    api.remove("cilium.io", "ciliumnodes", None, "n03");
+    wait_until("the released CIDR reaches the waiting node", || {
+        pod_cidrs(&api, "late") == json!(["10.0.3.0/24"])
+    })
+    .await;
+    let released = t.elapsed();
+    eprintln!("CiliumNode deleted -> its CIDR assigned to a waiting node: {released:?}");
+    assert!(released < Duration::from_secs(1), "{released:?}");
+    wait_until("the error cleared", || {
+        operator_error(&api, "late") == Value::Null
+    })
+    .await;
+    let reqs = api.requests();
+    assert_eq!(
+        count(&reqs, "list", "ciliumnodes"),
+        1,
+        "one initial list, then events"
+    );
+    assert_rbac(&reqs);
+    ctl.abort();
+}
+
+/// The API server goes away and comes back having compacted its history (the watch
+/// gets 410 and relists): the node created meanwhile is allocated after the resync, and
+/// nothing was allocated twice.
+#[tokio::test]
+async fn ipam_resyncs_after_an_api_outage() {
+    let api = FakeApi::start().await;
+    api.insert(
+        "cilium.io",
+        "ciliumnodes",
+        node("a", "2026-01-01T00:00:00Z", &[]),
+    );
+    let ctl = start_controllers(&api, config(Some(pool(&["10.0.0.0/16"], 24)), None, None));
+    wait_until("a allocated", || pod_cidrs(&api, "a") != Value::Null).await;
+    api.set_down(true);
+    api.insert(
+        "cilium.io",
+        "ciliumnodes",
+        node("b", "2026-01-02T00:00:00Z", &[]),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        pod_cidrs(&api, "b"),
+        Value::Null,
+        "nothing reaches the API meanwhile"
+    );
+    api.compact();
+    api.set_down(false);
+    // The watcher's backoff decides when it is back (the first retry within ~1 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while pod_cidrs(&api, "b") == Value::Null {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b allocated after the resync"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pod_cidrs(&api, "a"), json!(["10.0.0.0/24"]));
+    assert_eq!(pod_cidrs(&api, "b"), json!(["10.0.1.0/24"]));
+    assert!(
+        count(&api.requests(), "list", "ciliumnodes") >= 2,
+        "relisted after the outage"
+    );
+    ctl.abort();
+}
+
+/// The identity collector over the stores: an unused identity lives out its grace
+/// period, then goes; the ticks read the stores (one list each, no list per tick).
+#[tokio::test]
+async fn identity_gc_over_the_stores_honours_the_grace_period_without_listing_per_tick() {
+    let api = FakeApi::start().await;
+    api.insert("cilium.io", "ciliumidentities", identity("1000"));
+    api.insert("cilium.io", "ciliumidentities", identity("2000"));
+    api.insert(
+        "cilium.io",
+        "ciliumendpoints",
+        cep("default", "web", 1000, None),
+    );
+    let grace = Duration::from_millis(800);
+    let t = std::time::Instant::now();
+    let ctl = start_controllers(
+        &api,
+        config(None, Some((Duration::from_millis(50), grace)), None),
+    );
+    wait_until("2000 collected", || {
+        api.get("cilium.io", "ciliumidentities", None, "2000")
+            .is_none()
+    })
+    .await;
+    assert!(
+        t.elapsed() >= grace,
+        "kept for its grace period: {:?}",
+        t.elapsed()
+    );
+    assert!(api
+        .get("cilium.io", "ciliumidentities", None, "1000")
+        .is_some());
+    // 1000 loses its endpoint: it too waits out a full grace period.
+    let t = std::time::Instant::now();
+    api.remove("cilium.io", "ciliumendpoints", Some("default"), "web");
+    wait_until("1000 collected", || {
+        api.get("cilium.io", "ciliumidentities", None, "1000")
+            .is_none()
+    })
+    .await;
+    assert!(t.elapsed() >= grace, "{:?}", t.elapsed());
+    let reqs = api.requests();
+    assert_eq!(count(&reqs, "list", "ciliumidentities"), 1);
+    assert_eq!(count(&reqs, "list", "ciliumendpoints"), 1);
+    assert_rbac(&reqs);
+    ctl.abort();
+}
+
+/// Nothing is collected from a partial view: while the endpoints' initial list fails,
+/// the identity an endpoint uses is not even put on the clock (grace zero here).
+#[tokio::test]
+async fn gc_waits_for_every_initial_list() {
+    let api = FakeApi::start().await;
+    api.insert("cilium.io", "ciliumidentities", identity("1000"));
+    api.insert(
+        "cilium.io",
+        "ciliumendpoints",
+        cep("default", "web", 1000, None),
+    );
+    api.fail_next(
+        "GET",
+        "/apis/cilium.io/v2/ciliumendpoints",
+        500,
+        "InternalError",
+    );
+    let ctl = start_controllers(
+        &api,
+        config(
+            None,
+            Some((Duration::from_millis(20), Duration::ZERO)),
+            None,
+        ),
+    );
+    watching(&api, "ciliumendpoints").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        api.get("cilium.io", "ciliumidentities", None, "1000")
+            .is_some(),
+        "an identity in use survives the failed initial list"
+    );
+    assert!(writes(&api.requests()).is_empty());
+    ctl.abort();
+}
+
+/// The endpoint collector over the stores deletes an endpoint whose pod is gone (after
+/// a second look one tick later) and keeps the one whose pod exists.
+#[tokio::test]
+async fn cep_gc_over_the_stores_deletes_the_orphan_only() {
+    let api = FakeApi::start().await;
+    api.insert("", "pods", pod("default", "web", "uid-web"));
+    api.insert(
+        "cilium.io",
+        "ciliumendpoints",
+        cep("default", "web", 1000, Some(("web", "uid-web"))),
+    );
+    api.insert(
+        "cilium.io",
+        "ciliumendpoints",
+        cep("default", "gone", 1000, Some(("gone", "uid-gone"))),
+    );
+    let ctl = start_controllers(&api, config(None, None, Some(Duration::from_millis(50))));
+    wait_until("orphan deleted", || {
+        api.get("cilium.io", "ciliumendpoints", Some("default"), "gone")
+            .is_none()
+    })
+    .await;
+    // The pod goes: its endpoint follows.
+    api.remove("", "pods", Some("default"), "web");
+    wait_until("web's endpoint deleted", || {
+        api.get("cilium.io", "ciliumendpoints", Some("default"), "web")
+            .is_none()
+    })
+    .await;
+    let reqs = api.requests();
+    assert_eq!(count(&reqs, "list", "pods"), 1);
+    assert!(reqs
+        .iter()
+        .any(|r| r.verb == "watch" && r.resource == "pods" && r.path == "/api/v1/pods"));
+    assert_rbac(&reqs);
+    ctl.abort();
 }
 
 // ------------------------------------------------------------------ the Deployment

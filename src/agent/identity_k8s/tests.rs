@@ -44,6 +44,34 @@ fn new_allocator(api: &FakeApi) -> K8sIdentityAllocator {
     K8sIdentityAllocator::new(api.config()).expect("allocator")
 }
 
+/// Polls `cond` for up to 5 s (the machine may be busy: no fixed sleeps for positives).
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// An allocator whose cache holds the initial list and whose watch is open; the
+/// requests so far (the watcher's list and watch, checked against the agent's RBAC)
+/// are taken, so a test sees the allocator's own calls only.
+async fn synced_allocator(api: &FakeApi) -> K8sIdentityAllocator {
+    let a = new_allocator(api);
+    wait_until("identity cache synced", || a.cache_synced()).await;
+    wait_until("identity watch open", || {
+        api.requests()
+            .iter()
+            .any(|r| r.verb == "watch" && r.resource == "ciliumidentities")
+    })
+    .await;
+    assert_agent_may(&api.take());
+    a
+}
+
 /// Every request was allowed to the agent's ServiceAccount.
 fn assert_agent_may(reqs: &[Recorded]) {
     for r in reqs {
@@ -89,7 +117,7 @@ async fn creates_the_first_free_candidate_when_none_has_the_labels() {
         "ciliumidentities",
         object(c[0], &labels("other")),
     );
-    let mut a = new_allocator(&api);
+    let mut a = synced_allocator(&api).await;
     let (mut a, web) = blocking(move || {
         let id = a.allocate(&labels("web"), "node1");
         (a, id)
@@ -98,15 +126,8 @@ async fn creates_the_first_free_candidate_when_none_has_the_labels() {
     let web = web.unwrap();
     assert_eq!(web, c[1], "the first candidate is taken");
     let reqs = api.take();
-    assert_eq!(calls(&reqs), ["list", "list", "create"]);
-    assert!(
-        reqs[0]
-            .query
-            .contains("labelSelector=app%3Dweb%2Cio.kubernetes.pod.namespace%3Ddefault"),
-        "lookup narrowed by the labels: {}",
-        reqs[0].query
-    );
-    assert_eq!(reqs[2].path, IDS);
+    assert_eq!(calls(&reqs), ["create"], "the cache answered the lookup");
+    assert_eq!(reqs[0].path, IDS);
     let created = api
         .get("cilium.io", "ciliumidentities", None, &web.to_string())
         .unwrap();
@@ -140,6 +161,94 @@ async fn creates_the_first_free_candidate_when_none_has_the_labels() {
     assert_agent_may(&api.take());
 }
 
+/// Before the cache holds a complete list, the API is read: a list narrowed by the
+/// labels, then every identity for the numbers taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_synced_cache_the_lookup_and_the_search_read_the_api() {
+    let api = FakeApi::start().await;
+    let c: Vec<u32> = candidates(&labels("web")).take(2).collect();
+    api.insert(
+        "cilium.io",
+        "ciliumidentities",
+        object(c[0], &labels("other")),
+    );
+    let id = allocate(Api::all(api.client()), None, labels("web"))
+        .await
+        .unwrap();
+    assert_eq!(id, c[1]);
+    let reqs = api.take();
+    assert_eq!(calls(&reqs), ["list", "list", "create"]);
+    assert!(
+        reqs[0]
+            .query
+            .contains("labelSelector=app%3Dweb%2Cio.kubernetes.pod.namespace%3Ddefault"),
+        "lookup narrowed by the labels: {}",
+        reqs[0].query
+    );
+    assert_agent_may(&reqs);
+    // Found by the list: nothing created.
+    let id = allocate(Api::all(api.client()), None, labels("web"))
+        .await
+        .unwrap();
+    assert_eq!(id, c[1]);
+    assert_eq!(calls(&api.take()), ["list"]);
+}
+
+/// Labels another agent allocated reach this agent's cache by the watch: allocating
+/// them makes no API call at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_labels_are_answered_from_the_cache_without_an_api_call() {
+    let api = FakeApi::start().await;
+    let a = synced_allocator(&api).await;
+    let mut b = new_allocator(&api);
+    let by_b = blocking(move || b.allocate(&labels("web"), "node2"))
+        .await
+        .unwrap();
+    wait_until("node1's cache sees node2's identity", || {
+        a.cache.lookup(&labels("web")).is_some()
+    })
+    .await;
+    api.take();
+    let mut a = a;
+    let by_a = blocking(move || a.allocate(&labels("web"), "node1"))
+        .await
+        .unwrap();
+    assert_eq!(by_a, by_b, "same labels, same identity");
+    let reqs: Vec<Recorded> = api
+        .take()
+        .into_iter()
+        // node2's allocator opens its own watch meanwhile.
+        .filter(|r| r.verb != "watch" && r.verb != "list")
+        .collect();
+    assert!(reqs.is_empty(), "no API call: {:?}", calls(&reqs));
+}
+
+/// A cache that lags (the identity exists, the watch has not delivered it): the create
+/// of the same number meets a 409, the re-read shows equal labels, the identity is
+/// adopted; no second identity appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cache_missing_an_existing_identity_still_adopts_it() {
+    let api = FakeApi::start().await;
+    let c: Vec<u32> = candidates(&labels("web")).take(2).collect();
+    api.insert(
+        "cilium.io",
+        "ciliumidentities",
+        object(c[0], &labels("web")),
+    );
+    // Synced, but empty: it never saw c[0].
+    let (stale, _writer) = reflector::store::<CiliumIdentity>();
+    let id = allocate(Api::all(api.client()), Some(stale), labels("web"))
+        .await
+        .unwrap();
+    assert_eq!(id, c[0]);
+    assert_eq!(
+        calls(&api.take()),
+        ["create", &format!("get {}", c[0])],
+        "no list: the 409 and the re-read decide"
+    );
+    assert!(security_labels(&api, c[1]).is_none(), "no second identity");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reuses_the_identity_whose_labels_are_equal_not_a_superset() {
     let api = FakeApi::start().await;
@@ -157,7 +266,7 @@ async fn reuses_the_identity_whose_labels_are_equal_not_a_superset() {
         "ciliumidentities",
         object(3000, &labels("web")),
     );
-    let mut a = new_allocator(&api);
+    let mut a = synced_allocator(&api).await;
     let (mut a, web) = blocking(move || {
         let id = a.allocate(&labels("web"), "node1");
         (a, id)
@@ -165,8 +274,11 @@ async fn reuses_the_identity_whose_labels_are_equal_not_a_superset() {
     .await;
     assert_eq!(web.unwrap(), 3000, "equal labels; of two, the lowest");
     let reqs = api.take();
-    assert_eq!(calls(&reqs), ["list"], "found: nothing created");
-    assert_agent_may(&reqs);
+    assert_eq!(
+        calls(&reqs),
+        Vec::<String>::new(),
+        "found in the cache: no call"
+    );
 
     // Release and retain write nothing (the operator collects unused identities); a
     // released identity is found again in the API.
@@ -179,7 +291,11 @@ async fn reuses_the_identity_whose_labels_are_equal_not_a_superset() {
     .await;
     assert_eq!(id, 3000);
     let reqs = api.take();
-    assert_eq!(calls(&reqs), ["list", "list"], "no write on release");
+    assert_eq!(
+        calls(&reqs),
+        Vec::<String>::new(),
+        "no write on release; the released identity is found in the cache"
+    );
     assert!(
         security_labels(&api, 3000).is_some(),
         "not deleted by the agent"
@@ -199,7 +315,7 @@ async fn a_number_taken_by_other_labels_in_the_race_moves_to_the_next() {
         "ciliumidentities",
         object(c[0], &labels("db")),
     );
-    let mut a = new_allocator(&api);
+    let mut a = synced_allocator(&api).await;
     let id = blocking(move || a.allocate(&labels("web"), "node1"))
         .await
         .unwrap();
@@ -207,11 +323,11 @@ async fn a_number_taken_by_other_labels_in_the_race_moves_to_the_next() {
     let reqs = api.take();
     assert_eq!(
         calls(&reqs),
-        ["list", "list", "create", &format!("get {}", c[0]), "create"],
+        ["create", &format!("get {}", c[0]), "create"],
         "409, re-read, next number"
     );
-    assert_eq!(reqs[2].body["metadata"]["name"], c[0].to_string());
-    assert_eq!(reqs[4].body["metadata"]["name"], c[1].to_string());
+    assert_eq!(reqs[0].body["metadata"]["name"], c[0].to_string());
+    assert_eq!(reqs[2].body["metadata"]["name"], c[1].to_string());
     assert_eq!(security_labels(&api, c[0]), Some(json!(labels("db").0)));
     assert_eq!(security_labels(&api, c[1]), Some(json!(labels("web").0)));
     assert_agent_may(&reqs);
@@ -229,16 +345,13 @@ async fn a_number_taken_by_the_same_labels_in_the_race_is_adopted() {
         "ciliumidentities",
         object(c[0], &labels("web")),
     );
-    let mut a = new_allocator(&api);
+    let mut a = synced_allocator(&api).await;
     let id = blocking(move || a.allocate(&labels("web"), "node1"))
         .await
         .unwrap();
     assert_eq!(id, c[0]);
     let reqs = api.take();
-    assert_eq!(
-        calls(&reqs),
-        ["list", "list", "create", &format!("get {}", c[0])]
-    );
+    assert_eq!(calls(&reqs), ["create", &format!("get {}", c[0])]);
     assert!(security_labels(&api, c[1]).is_none(), "no second identity");
     assert_agent_may(&reqs);
 }
