@@ -14,9 +14,6 @@
 //! server answers; no bookmarks. [`FakeApi::set_down`] makes the double an API server
 //! that is away: every request fails with 503 and open watches end.
 //!
-//! concurrent writer). Lists honour equality-based label and field selectors
-//! (`k=v,k2==v2`; field paths like `spec.nodeName`).
-//!
 //! To play a cluster rather than a bare store, a test adds reactors: each runs after a
 //! request succeeded, with the request, the response body and the store, and does what a
 //! controller or the kubelet would (recreate a DaemonSet's pod, report a node's state).
