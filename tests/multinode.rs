@@ -527,6 +527,44 @@ fn nodeport_dsr_remote_backend_sees_the_client_and_answers_from_its_node() {
             "the remote backend sees the client's address (DSR, no SNAT)"
         );
     }
+    // UDP too: every datagram carries the option; the reply comes from the service
+    // address and names the client the backend saw.
+    let u = in_ns(&c.pod_netns("web"), || {
+        std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 8082))).unwrap()
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, from)) = u.recv_from(&mut buf) {
+            let _ = u.send_to(from.ip().to_string().as_bytes(), from);
+        }
+    });
+    c.apply_ok(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-udp, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.9.12\n  ports:\n  - {{name: u, port: 82, targetPort: 8082, nodePort: 30082, protocol: UDP}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-udp-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web-udp}}\naddressType: IPv4\nports:\n- {{name: u, port: 8082, protocol: UDP}}\nendpoints:\n- addresses: [{web}]\n"
+    ));
+    settle_all(&c);
+    let (reply, from) = in_ns(&outside, || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut last = (String::new(), None);
+        for _ in 0..3 {
+            s.send_to(b"who", "203.0.113.1:30082").unwrap();
+            let mut buf = [0u8; 64];
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                last = (String::from_utf8_lossy(&buf[..n]).into_owned(), Some(from));
+                break;
+            }
+        }
+        last
+    });
+    assert_eq!(
+        reply, "203.0.113.2",
+        "the UDP backend sees the client (DSR)"
+    );
+    assert_eq!(
+        from,
+        Some("203.0.113.1:30082".parse().unwrap()),
+        "the UDP reply comes from the service address"
+    );
     // node1 translated nothing on the way back: no SNAT state for these flows.
     let snat = ok(&[
         "bpf",
