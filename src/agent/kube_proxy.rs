@@ -208,61 +208,75 @@ fn save(cmd: &str, table: &str) -> Result<Option<String>, KubeProxyError> {
     Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
-/// How many kube-proxy chains this node's iptables (both families) hold.
-pub fn count_chains() -> Result<usize, KubeProxyError> {
-    let mut n = 0;
-    for (save_cmd, _) in FAMILIES {
-        for table in TABLES {
-            if let Some(s) = save(save_cmd, table)? {
-                n += chains_in(&s).len();
-            }
-        }
-    }
-    Ok(n)
+/// What one pass over the node's iptables found and did.
+#[derive(Debug, Default)]
+pub struct Chains {
+    /// kube-proxy chains removed by this pass.
+    pub removed: usize,
+    /// kube-proxy chains left (kept, or their removal failed).
+    pub remaining: usize,
+    /// The first removal that failed (its table's chains count as remaining).
+    pub failed: Option<KubeProxyError>,
 }
 
-/// Removes kube-proxy's chains and the rules jumping to them; returns how many chains
-/// were removed.
-pub fn remove_chains() -> Result<usize, KubeProxyError> {
-    let mut removed = 0;
+/// Reads each table of both families once, counts kube-proxy's chains and, with
+/// `remove`, removes them and the rules jumping to them (one transaction per table).
+/// An error means iptables could not be read at all.
+pub fn sync(remove: bool) -> Result<Chains, KubeProxyError> {
+    let mut out = Chains::default();
     for (save_cmd, restore_cmd) in FAMILIES {
         for table in TABLES {
             let Some(s) = save(save_cmd, table)? else {
                 continue;
             };
-            let Some(script) = removal_script(table, &s) else {
-                continue;
+            let n = chains_in(&s).len();
+            let script = if remove {
+                removal_script(table, &s)
+            } else {
+                None
             };
-            let mut child = iptables_command(restore_cmd, std::path::Path::new(HOST_MOUNT_NS))
-                .args(["--noflush", "--wait"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|source| KubeProxyError::Spawn {
-                    cmd: restore_cmd.into(),
-                    source,
-                })?;
-            let written = child
-                .stdin
-                .take()
-                .map(|mut i| i.write_all(script.as_bytes()));
-            let out = child
-                .wait_with_output()
-                .map_err(|source| KubeProxyError::Spawn {
-                    cmd: restore_cmd.into(),
-                    source,
-                })?;
-            if !out.status.success() || !matches!(written, Some(Ok(()))) {
-                return Err(KubeProxyError::Failed {
-                    cmd: format!("{restore_cmd} --noflush (table {table})"),
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                });
+            match script.map(|script| restore(restore_cmd, table, &script)) {
+                Some(Ok(())) => out.removed += n,
+                Some(Err(e)) => {
+                    out.remaining += n;
+                    out.failed.get_or_insert(e);
+                }
+                None => out.remaining += n,
             }
-            removed += chains_in(&s).len();
         }
     }
-    Ok(removed)
+    Ok(out)
+}
+
+/// Feeds `script` to `iptables-restore --noflush` (or ip6tables-restore).
+fn restore(restore_cmd: &str, table: &str, script: &str) -> Result<(), KubeProxyError> {
+    let mut child = iptables_command(restore_cmd, std::path::Path::new(HOST_MOUNT_NS))
+        .args(["--noflush", "--wait"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| KubeProxyError::Spawn {
+            cmd: restore_cmd.into(),
+            source,
+        })?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut i| i.write_all(script.as_bytes()));
+    let out = child
+        .wait_with_output()
+        .map_err(|source| KubeProxyError::Spawn {
+            cmd: restore_cmd.into(),
+            source,
+        })?;
+    if !out.status.success() || !matches!(written, Some(Ok(()))) {
+        return Err(KubeProxyError::Failed {
+            cmd: format!("{restore_cmd} --noflush (table {table})"),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -451,31 +451,11 @@ impl AgentState {
             (Some(_), false) => info!("kube-proxy replacement off: no socket load balancer"),
             _ => {}
         }
-        st.kube_proxy_chains = st.sync_kube_proxy_chains();
+        st.kube_proxy_chains = sync_kube_proxy_chains(st.config.kube_proxy_replacement());
         st.restore().await?;
         st.adopt_maps()?;
         st.regenerate().await?;
         Ok(st)
-    }
-
-    /// With kube-proxy replacement on, removes kube-proxy's iptables chains from the
-    /// node (kube-proxy must be gone from it, or it re-adds them); returns how many
-    /// remain. None when iptables cannot be inspected here (no iptables binaries).
-    pub fn sync_kube_proxy_chains(&self) -> Option<usize> {
-        if self.config.kube_proxy_replacement() {
-            match kube_proxy::remove_chains() {
-                Ok(0) => {}
-                Ok(n) => info!(chains = n, "kube-proxy's iptables chains removed"),
-                Err(e) => warn!(error = %e, "removing kube-proxy's iptables chains"),
-            }
-        }
-        match kube_proxy::count_chains() {
-            Ok(n) => Some(n),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot inspect iptables");
-                None
-            }
-        }
     }
 
     /// cilium_host/cilium_net: a veth pair owning the router (gateway) address, as in Cilium.
@@ -918,6 +898,27 @@ async fn watch_store(state: Shared) {
     }
 }
 
+/// With kube-proxy replacement on (`kpr`), removes kube-proxy's iptables chains from
+/// the node (kube-proxy must be gone from it, or it re-adds them); returns how many
+/// remain. None when iptables cannot be inspected here (no iptables binaries).
+pub fn sync_kube_proxy_chains(kpr: bool) -> Option<usize> {
+    match kube_proxy::sync(kpr) {
+        Ok(c) => {
+            if c.removed > 0 {
+                info!(chains = c.removed, "kube-proxy's iptables chains removed");
+            }
+            if let Some(e) = c.failed {
+                warn!(error = %e, "removing kube-proxy's iptables chains");
+            }
+            Some(c.remaining)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot inspect iptables");
+            None
+        }
+    }
+}
+
 /// Keeps kube-proxy's iptables chains off the node while replacing it (they come
 /// back if kube-proxy still runs there: logged each time) and the count current.
 async fn kube_proxy_chains(state: Shared) {
@@ -925,8 +926,13 @@ async fn kube_proxy_chains(state: Shared) {
     tick.tick().await; // the first tick is immediate: the start already did this
     loop {
         tick.tick().await;
+        // iptables runs without the agent's lock (a handful of processes per pass).
+        let kpr = state.lock().await.config.kube_proxy_replacement();
+        let n = tokio::task::spawn_blocking(move || sync_kube_proxy_chains(kpr))
+            .await
+            .ok()
+            .flatten();
         let mut st = state.lock().await;
-        let n = st.sync_kube_proxy_chains();
         if n != st.kube_proxy_chains {
             st.kube_proxy_chains = n;
             st.publish_status();
