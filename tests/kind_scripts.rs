@@ -34,12 +34,34 @@ fn kind_scripts_parse() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let run = std::fs::metadata(all.iter().find(|p| p.ends_with("run.sh")).unwrap()).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    assert!(
-        run.permissions().mode() & 0o111 != 0,
-        "run.sh is executable"
-    );
+    for name in ["run.sh", "migrate-kube-proxy.sh"] {
+        let p = all
+            .iter()
+            .find(|p| p.ends_with(name))
+            .unwrap_or_else(|| panic!("tests/kind/{name} exists"));
+        let mode = std::fs::metadata(p).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "{name} is executable");
+    }
+}
+
+#[test]
+fn the_migration_script_has_every_step() {
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kind/migrate-kube-proxy.sh"),
+    )
+    .unwrap();
+    for step in [
+        "kubeProxyMode: iptables",
+        "image build",
+        "--set kubeProxyReplacement=false",
+        "status --wait",
+        "migrate kube-proxy --all --yes",
+        "connectivity test",
+        "kind delete cluster",
+    ] {
+        assert!(text.contains(step), "the script has no {step:?}");
+    }
 }
 
 #[test]
