@@ -7,7 +7,7 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpListener},
     process::{Command, Stdio},
 };
@@ -77,6 +77,71 @@ fn slice(name: &str, target: u16, proto: &str, ips: &[&str]) -> String {
     format!(
         "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports:\n- {{name: p, port: {target}, protocol: {proto}}}\nendpoints:\n{eps}"
     )
+}
+
+/// A long-lived TCP connection from inside a pod (socat under `cilium local exec`, so in
+/// the pod's cgroup): lines written to it, and the lines it receives, read on a thread
+/// so a stalled connection fails a test in seconds, not after TCP gives up.
+struct PodConn {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl PodConn {
+    fn open(c: &LocalCluster, pod: &str, target: &str) -> Self {
+        let mut child = Command::new(BIN)
+            .args([
+                "local",
+                "exec",
+                "--cluster",
+                &c.name,
+                pod,
+                "--",
+                "socat",
+                "-",
+            ])
+            .arg(format!("TCP:{target}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while out.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if tx.send(line.trim().to_string()).is_err() {
+                    break;
+                }
+                line.clear();
+            }
+        });
+        PodConn {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+    }
+
+    /// The next line received, within 5 s.
+    fn next(&self) -> Result<String, std::sync::mpsc::RecvTimeoutError> {
+        self.lines.recv_timeout(std::time::Duration::from_secs(5))
+    }
+}
+
+impl Drop for PodConn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
@@ -243,27 +308,8 @@ fn session_affinity_pins_a_client_and_removed_backends_keep_existing_connections
         ]
         .concat(),
     );
-    let mut socat = Command::new(BIN)
-        .args([
-            "local",
-            "exec",
-            "--cluster",
-            &c.name,
-            "client",
-            "--",
-            "socat",
-            "-",
-            "TCP:10.96.1.20:80",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = socat.stdin.take().unwrap();
-    let mut out = BufReader::new(socat.stdout.take().unwrap());
-    let mut greeting = String::new();
-    out.read_line(&mut greeting).unwrap();
-    let owner = greeting.trim().to_string();
+    let mut conn = PodConn::open(&c, "client", "10.96.1.20:80");
+    let owner = conn.next().expect("greeting");
     let (gone, stays) = if owner == "b1" {
         (&b1, &b2)
     } else {
@@ -284,19 +330,12 @@ fn session_affinity_pins_a_client_and_removed_backends_keep_existing_connections
             "new connections avoid the removed backend {gone}"
         );
     }
-    stdin.write_all(b"still there\n").unwrap();
-    let mut echo = String::new();
-    out.read_line(&mut echo).unwrap();
+    conn.send("still there");
     assert_eq!(
-        echo.trim(),
+        conn.next().expect("echo"),
         format!("{owner}:still there"),
         "the existing connection continues"
     );
-    drop(stdin);
-    let _ = socat.kill();
-    let mut rest = String::new();
-    let _ = out.read_to_string(&mut rest);
-    let _ = socat.wait();
 }
 
 #[test]
@@ -564,38 +603,8 @@ fn a_node_switches_from_kube_proxy_rules_to_replacement_and_keeps_connections() 
     );
 
     // A long-lived connection kube-proxy translated.
-    let mut socat = Command::new(BIN)
-        .args([
-            "local",
-            "exec",
-            "--cluster",
-            &c.name,
-            "client",
-            "--",
-            "socat",
-            "-",
-            "TCP:10.96.2.10:80",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = socat.stdin.take().unwrap();
-    // Lines the connection receives, read on a thread so a stalled connection fails
-    // the test in seconds, not after TCP's retransmissions give up.
-    let mut out = BufReader::new(socat.stdout.take().unwrap());
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while out.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            if tx.send(line.trim().to_string()).is_err() {
-                break;
-            }
-            line.clear();
-        }
-    });
-    let next = || lines.recv_timeout(std::time::Duration::from_secs(5));
-    let owner = next().expect("greeting through kube-proxy's rules");
+    let mut conn = PodConn::open(&c, "client", "10.96.2.10:80");
+    let owner = conn.next().expect("greeting through kube-proxy's rules");
     assert!(owner == "b1" || owner == "b2", "greeting {owner:?}");
 
     // More connections kube-proxy translated, spread over both backends: every one of
@@ -652,9 +661,9 @@ fn a_node_switches_from_kube_proxy_rules_to_replacement_and_keeps_connections() 
 
     // The existing connection continues, to the same backend.
     for i in 0..5 {
-        stdin.write_all(format!("after {i}\n").as_bytes()).unwrap();
+        conn.send(&format!("after {i}"));
         assert_eq!(
-            next().map_err(|e| format!("no echo within 5 s: {e}")),
+            conn.next().map_err(|e| format!("no echo within 5 s: {e}")),
             Ok(format!("{owner}:after {i}")),
             "the connection opened through kube-proxy survives the switch"
         );
@@ -691,7 +700,4 @@ fn a_node_switches_from_kube_proxy_rules_to_replacement_and_keeps_connections() 
         ["b1".to_string(), "b2".to_string()].into(),
         "new connections spread over the backends"
     );
-    drop(stdin);
-    let _ = socat.kill();
-    let _ = socat.wait();
 }
