@@ -121,6 +121,30 @@ pub fn agent_calls(group: &str, resource: &str, verb: &str) -> bool {
         .any(|(g, r, v)| *g == group && *r == resource && *v == verb)
 }
 
+/// Fails the test unless every request was allowed to the agent's ServiceAccount and is
+/// one of its listed calls.
+#[cfg(test)]
+pub fn assert_agent_may(reqs: &[crate::k8s::fake_api::Recorded]) {
+    for r in reqs {
+        assert!(
+            allows(AGENT_RULES, &r.group, &r.resource, &r.verb),
+            "agent RBAC forbids {} {} ({} {})",
+            r.verb,
+            r.resource,
+            r.method,
+            r.path
+        );
+        assert!(
+            agent_calls(&r.group, &r.resource, &r.verb),
+            "{} {} ({} {}) is missing from rbac::AGENT_CALLS",
+            r.verb,
+            r.resource,
+            r.method,
+            r.path
+        );
+    }
+}
+
 /// What the operator (Deployment `cilium-operator`, ServiceAccount `cilium-operator`) may
 /// do: exactly the calls of [`OPERATOR_CALLS`] (a test checks both ways).
 pub const OPERATOR_RULES: &[Rule] = &[

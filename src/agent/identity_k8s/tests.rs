@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::k8s::{
     fake_api::{FakeApi, Recorded},
-    rbac::{agent_calls, allows, AGENT_RULES},
+    rbac::assert_agent_may,
 };
 
 const IDS: &str = "/apis/cilium.io/v2/ciliumidentities";
@@ -70,28 +70,6 @@ async fn synced_allocator(api: &FakeApi) -> K8sIdentityAllocator {
     .await;
     assert_agent_may(&api.take());
     a
-}
-
-/// Every request was allowed to the agent's ServiceAccount.
-fn assert_agent_may(reqs: &[Recorded]) {
-    for r in reqs {
-        assert!(
-            allows(AGENT_RULES, &r.group, &r.resource, &r.verb),
-            "agent RBAC forbids {} {} ({} {})",
-            r.verb,
-            r.resource,
-            r.method,
-            r.path
-        );
-        assert!(
-            agent_calls(&r.group, &r.resource, &r.verb),
-            "{} {} ({} {}) is missing from rbac::AGENT_CALLS",
-            r.verb,
-            r.resource,
-            r.method,
-            r.path
-        );
-    }
 }
 
 fn calls(reqs: &[Recorded]) -> Vec<String> {

@@ -9,35 +9,15 @@ use serde_json::{json, Value};
 use super::*;
 use crate::{
     agent::publish_k8s::{bootstrap_node, BootstrapOptions, NodeSetup},
-    k8s::{
-        fake_api::{FakeApi, Recorded},
-        rbac::{agent_calls, allows, AGENT_RULES},
-    },
+    k8s::fake_api::{FakeApi, Recorded},
 };
 
 const CILIUM: &str = "cilium.io";
 
-/// Every request was allowed to the agent's ServiceAccount.
+/// There were requests, and every one was allowed to the agent's ServiceAccount.
 fn assert_agent_may(reqs: &[Recorded]) {
     assert!(!reqs.is_empty());
-    for r in reqs {
-        assert!(
-            allows(AGENT_RULES, &r.group, &r.resource, &r.verb),
-            "agent RBAC forbids {} {} ({} {})",
-            r.verb,
-            r.resource,
-            r.method,
-            r.path
-        );
-        assert!(
-            agent_calls(&r.group, &r.resource, &r.verb),
-            "{} {} ({} {}) is missing from rbac::AGENT_CALLS",
-            r.verb,
-            r.resource,
-            r.method,
-            r.path
-        );
-    }
+    crate::k8s::rbac::assert_agent_may(reqs);
 }
 
 fn pod(name: &str, node: &str, app: &str) -> Value {
