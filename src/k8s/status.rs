@@ -252,31 +252,8 @@ fn daemon_set_status(st: &mut ClusterStatus, ds: &DaemonSet) {
         updated: s.updated_number_scheduled.unwrap_or(0),
     };
     let name = AGENT_DAEMONSET;
-    if s.observed_generation != ds.metadata.generation {
-        st.error(
-            name,
-            name,
-            format!("DaemonSet {name} is updated but its rollout has not started"),
-        );
-    } else {
+    if rollout_findings(st, &w, s.observed_generation == ds.metadata.generation) {
         let not_ready = w.desired - w.ready;
-        if not_ready > 0 {
-            st.error(
-                name,
-                name,
-                format!("{not_ready} pods of DaemonSet {name} are not ready"),
-            );
-        }
-        if w.updated < w.desired {
-            st.error(
-                name,
-                name,
-                format!(
-                    "DaemonSet {name} is rolling out - {} out of {} pods updated",
-                    w.updated, w.desired
-                ),
-            );
-        }
         if w.unavailable - not_ready.max(0) > 0 {
             st.warning(
                 name,
@@ -291,6 +268,39 @@ fn daemon_set_status(st: &mut ClusterStatus, ds: &DaemonSet) {
     st.daemon_set = Some(w);
 }
 
+/// cilium-cli's findings on a workload's rollout: not started (its status is older than
+/// its spec), pods not ready, pods not yet updated. Returns whether the rollout started.
+fn rollout_findings(st: &mut ClusterStatus, w: &Workload, started: bool) -> bool {
+    let (kind, name) = (&w.kind, &w.name);
+    if !started {
+        st.error(
+            name,
+            name,
+            format!("{kind} {name} is updated but its rollout has not started"),
+        );
+        return false;
+    }
+    let not_ready = w.desired - w.ready;
+    if not_ready > 0 {
+        st.error(
+            name,
+            name,
+            format!("{not_ready} pods of {kind} {name} are not ready"),
+        );
+    }
+    if w.updated < w.desired {
+        st.error(
+            name,
+            name,
+            format!(
+                "{kind} {name} is rolling out - {} out of {} pods updated",
+                w.updated, w.desired
+            ),
+        );
+    }
+    true
+}
+
 fn deployment_status(st: &mut ClusterStatus, d: &Deployment) {
     let s = d.status.clone().unwrap_or_default();
     let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -303,33 +313,7 @@ fn deployment_status(st: &mut ClusterStatus, d: &Deployment) {
         unavailable: s.unavailable_replicas.unwrap_or(0),
         updated: s.updated_replicas.unwrap_or(0),
     };
-    let name = OPERATOR_DEPLOYMENT;
-    if s.observed_generation != d.metadata.generation {
-        st.error(
-            name,
-            name,
-            format!("Deployment {name} is updated but its rollout has not started"),
-        );
-    } else {
-        let not_ready = w.desired - w.ready;
-        if not_ready > 0 {
-            st.error(
-                name,
-                name,
-                format!("{not_ready} pods of Deployment {name} are not ready"),
-            );
-        }
-        if w.updated < w.desired {
-            st.error(
-                name,
-                name,
-                format!(
-                    "Deployment {name} is rolling out - {} out of {} pods updated",
-                    w.updated, w.desired
-                ),
-            );
-        }
-    }
+    rollout_findings(st, &w, s.observed_generation == d.metadata.generation);
     st.deployment = Some(w);
 }
 
