@@ -1,6 +1,7 @@
 //! Privileged: `cilium connectivity test` against a two-node local cluster passes
 //! every scenario (tunnel and native routing), honours --test filters and --single-node, writes JUnit, and
-//! fails (non-zero) when the datapath breaks an expectation.
+//! fails (non-zero) when the datapath breaks an expectation; `up` twice is refused and `down`
+//! after the suite leaves nothing on the host.
 mod common;
 
 use common::*;
@@ -72,7 +73,8 @@ fn connectivity_test_passes_on_a_two_node_cluster() {
     assert!(!out.contains("[no-policies-other-node]"), "{out}");
 
     // A policy the suite does not expect breaks an expectation: non-zero exit and the drops are shown.
-    c.apply_ok("apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: block-echo}\nspec:\n  endpointSelector: {matchLabels: {kind: echo}}\n  ingressDeny:\n  - fromEntities: [all]\n");
+    let block = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: block-echo}\nspec:\n  endpointSelector: {matchLabels: {kind: echo}}\n  ingressDeny:\n  - fromEntities: [all]\n";
+    c.apply_ok(block);
     let out = cilium(&[
         "connectivity",
         "test",
@@ -92,6 +94,102 @@ fn connectivity_test_passes_on_a_two_node_cluster() {
         c.json(&["endpoint", "list"]).as_array().unwrap().is_empty(),
         "workloads cleaned up"
     );
+
+    c.delete_ok(block);
+
+    // `up` of a cluster that is up is refused and leaves it as it was.
+    let again = cilium(&[
+        "local",
+        "up",
+        "--name",
+        "t-conn",
+        "--nodes",
+        "2",
+        "--pod-cidr",
+        "10.228.0.0/16",
+    ]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("is already up") && err.contains("cilium local down --name t-conn"),
+        "{err}"
+    );
+    let out = ok(&[
+        "connectivity",
+        "test",
+        "--cluster",
+        "t-conn",
+        "--test",
+        "^no-policies-other-node$",
+    ]);
+    assert!(
+        out.contains("All 2 tests"),
+        "still a working cluster: {out}"
+    );
+
+    // After a full suite, `down` leaves nothing of the cluster on the host.
+    let up = leftovers("t-conn");
+    for what in [
+        "netns ",
+        "/sys/fs/bpf/",
+        "/var/run/cilium-local/",
+        "cgroup ",
+        "process ",
+    ] {
+        assert!(
+            up.iter().any(|l| l.starts_with(what)),
+            "{what} of a running cluster is seen: {up:?}"
+        );
+    }
+    ok(&["local", "down", "--name", "t-conn"]);
+    assert_eq!(leftovers("t-conn"), Vec::<String>::new());
+}
+
+/// What of local cluster `name` is on the host: namespaces, pins, state, cgroups,
+/// processes whose command line names it.
+fn leftovers(name: &str) -> Vec<String> {
+    let tag = format!("cilium-{name}.");
+    let mut found = Vec::new();
+    let entries = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for n in entries("/var/run/netns") {
+        if n.starts_with(&tag) {
+            found.push(format!("netns {n}"));
+        }
+    }
+    for p in [
+        format!("/sys/fs/bpf/cilium-local-{name}"),
+        format!("/var/run/cilium-local/{name}"),
+    ] {
+        if std::path::Path::new(&p).exists() {
+            found.push(p);
+        }
+    }
+    for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        for n in entries(root) {
+            if n.starts_with(&tag) {
+                found.push(format!("cgroup {root}/{n}"));
+            }
+        }
+    }
+    for pid in entries("/proc") {
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&format!("/cilium-local/{name}/")) || cmd.contains(&tag) {
+            found.push(format!("process {pid}: {cmd}"));
+        }
+    }
+    found
 }
 
 #[test]
