@@ -231,4 +231,60 @@ mod tests {
         assert_eq!(src.journal_offset.load(Ordering::Relaxed), len);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn services_for_finds_a_service_across_its_files_and_forgets_deleted_ones() {
+        let dir = std::env::temp_dir().join(format!("cilium-svcindex-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let src = StoreSource::new(Store::open(&dir).expect("store"));
+        let svc = |name: &str, ip: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: a\nspec:\n  clusterIP: {ip}\n  ports:\n  - port: 80\n")
+        };
+        let slice = |name: &str, svc: &str, ip: &str| {
+            format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: a\n  labels: {{kubernetes.io/service-name: {svc}}}\naddressType: IPv4\nports:\n- port: 8080\nendpoints:\n- addresses: [{ip}]\n")
+        };
+        let store = src.store();
+        store.apply(&svc("web", "10.96.0.10")).expect("apply");
+        store.apply(&svc("db", "10.96.0.11")).expect("apply");
+        store
+            .apply(&slice("web-1", "web", "10.0.0.1"))
+            .expect("apply");
+        store
+            .apply(&slice("db-1", "db", "10.0.0.9"))
+            .expect("apply");
+        let g = src.snapshot().expect("snapshot").generation;
+        store
+            .apply(&slice("web-2", "web", "10.0.0.2"))
+            .expect("apply");
+        let web = BTreeSet::from([("a".to_string(), "web".to_string())]);
+        assert_eq!(
+            src.changes_since(g).expect("changes"),
+            Changes::Services {
+                generation: g + 1,
+                keys: web.clone()
+            }
+        );
+        let (svcs, slices) = src.services_for(&web);
+        assert_eq!(svcs.len(), 1, "{svcs:?}");
+        let mut names: Vec<&str> = slices.iter().map(|s| s.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["web-1", "web-2"], "both slices, none of db's");
+
+        store
+            .delete(&slice("web-1", "web", "10.0.0.1"))
+            .expect("delete");
+        assert_eq!(
+            src.changes_since(g + 1).expect("changes"),
+            Changes::Services {
+                generation: g + 2,
+                keys: web.clone()
+            }
+        );
+        let (_, slices) = src.services_for(&web);
+        let names: Vec<&str> = slices.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web-2"], "the deleted slice is gone");
+        let (svcs, slices) = src.services_for(&BTreeSet::from([("a".into(), "db".into())]));
+        assert_eq!((svcs.len(), slices.len()), (1, 1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -556,7 +556,18 @@ impl K8sSource {
             (Some(_), None) => false,
         };
         let (mut services, mut slices) = (Vec::new(), Vec::new());
-        for o in self.services.state() {
+        // Services by name from the store; slices by their label, which it does not index.
+        let objects = match keys {
+            Some(keys) => keys
+                .iter()
+                .filter_map(|(ns, name)| {
+                    self.services
+                        .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+                })
+                .collect(),
+            None => self.services.state(),
+        };
+        for o in objects {
             if wanted(Some(service_key(&o))) {
                 if let Parsed::Services(s, _) =
                     self.parsed("Service", o.as_ref(), &["spec", "status"])

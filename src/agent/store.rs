@@ -2,7 +2,7 @@
 //! policies) kept as files in a directory. `cilium local` writes it; every agent of
 //! the local cluster reads it and reacts when its generation changes.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -89,10 +89,63 @@ pub struct Store {
     dir: PathBuf,
     /// Parsed objects by file, reused while the file is unchanged (size and mtime),
     /// so a change re-parses one file, not the whole store.
-    cache: std::sync::Mutex<std::collections::HashMap<PathBuf, (FileStamp, Cached)>>,
+    cache: std::sync::Mutex<ParseCache>,
 }
 
 type FileStamp = (std::time::SystemTime, u64);
+
+type ServiceKey = (String, String);
+
+/// The parse cache, with the files that hold each service's Service and EndpointSlices,
+/// so the objects of a few services are found without walking every file.
+#[derive(Default)]
+struct ParseCache {
+    files: std::collections::HashMap<PathBuf, (FileStamp, Cached)>,
+    by_service: std::collections::HashMap<ServiceKey, BTreeSet<PathBuf>>,
+}
+
+impl ParseCache {
+    fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    fn get(&self, path: &Path) -> Option<&(FileStamp, Cached)> {
+        self.files.get(path)
+    }
+
+    fn insert(&mut self, path: PathBuf, stamp: FileStamp, c: Cached) {
+        self.remove(&path);
+        for key in c.service_keys() {
+            self.by_service.entry(key).or_default().insert(path.clone());
+        }
+        self.files.insert(path, (stamp, c));
+    }
+
+    fn remove(&mut self, path: &Path) -> Option<(FileStamp, Cached)> {
+        let old = self.files.remove(path)?;
+        for key in old.1.service_keys() {
+            if let Some(set) = self.by_service.get_mut(&key) {
+                set.remove(path);
+                if set.is_empty() {
+                    self.by_service.remove(&key);
+                }
+            }
+        }
+        Some(old)
+    }
+
+    fn retain(&mut self, keep: &std::collections::HashSet<PathBuf>) {
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !keep.contains(*p))
+            .cloned()
+            .collect();
+        for p in gone {
+            self.remove(&p);
+        }
+    }
+}
 
 #[derive(Clone)]
 enum Cached {
@@ -101,6 +154,22 @@ enum Cached {
         Vec<crate::lb::model::Service>,
         Vec<crate::lb::model::EndpointSlice>,
     ),
+}
+
+impl Cached {
+    /// The services whose Service or EndpointSlices this holds.
+    fn service_keys(&self) -> BTreeSet<ServiceKey> {
+        let mut keys = BTreeSet::new();
+        if let Cached::Services(svcs, slices) = self {
+            for s in svcs {
+                keys.insert((s.namespace.clone(), s.name.clone()));
+            }
+            for s in slices {
+                keys.insert((s.namespace.clone(), s.service_name.clone()));
+            }
+        }
+        keys
+    }
 }
 
 const POLICY_KINDS: [&str; 3] = [
@@ -267,25 +336,15 @@ impl Store {
     pub fn refresh_services(
         &self,
         files: &[PathBuf],
-    ) -> Result<Option<std::collections::BTreeSet<(String, String)>>, StoreError> {
+    ) -> Result<Option<BTreeSet<ServiceKey>>, StoreError> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.is_empty() {
             return Ok(None);
         }
-        let mut keys = std::collections::BTreeSet::new();
-        let touch = |c: &Cached, keys: &mut std::collections::BTreeSet<(String, String)>| {
-            if let Cached::Services(svcs, slices) = c {
-                for s in svcs {
-                    keys.insert((s.namespace.clone(), s.name.clone()));
-                }
-                for s in slices {
-                    keys.insert((s.namespace.clone(), s.service_name.clone()));
-                }
-            }
-        };
+        let mut keys = BTreeSet::new();
         for path in files {
             if let Some((_, old)) = cache.remove(path) {
-                touch(&old, &mut keys);
+                keys.extend(old.service_keys());
             }
             let meta = match std::fs::metadata(path) {
                 Ok(m) => m,
@@ -296,8 +355,8 @@ impl Store {
             let text = std::fs::read_to_string(path).map_err(io(path))?;
             let p = crate::lb::parse::parse_stream(&text)?;
             let c = Cached::Services(p.services, p.slices);
-            touch(&c, &mut keys);
-            cache.insert(path.clone(), (stamp, c));
+            keys.extend(c.service_keys());
+            cache.insert(path.clone(), stamp, c);
         }
         Ok(Some(keys))
     }
@@ -305,16 +364,22 @@ impl Store {
     /// The cached Services and EndpointSlices of the given services.
     pub fn services_for(
         &self,
-        keys: &std::collections::BTreeSet<(String, String)>,
+        keys: &BTreeSet<ServiceKey>,
     ) -> (
         Vec<crate::lb::model::Service>,
         Vec<crate::lb::model::EndpointSlice>,
     ) {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let (mut services, mut slices) = (Vec::new(), Vec::new());
-        for (_, c) in cache.values() {
-            if let Cached::Services(svcs, sls) = c {
-                let wanted = |ns: &str, name: &str| keys.iter().any(|(n, s)| n == ns && s == name);
+        let files: BTreeSet<&PathBuf> = keys
+            .iter()
+            .filter_map(|k| cache.by_service.get(k))
+            .flatten()
+            .collect();
+        for path in files {
+            if let Some((_, Cached::Services(svcs, sls))) = cache.get(path) {
+                let wanted =
+                    |ns: &str, name: &str| keys.contains(&(ns.to_string(), name.to_string()));
                 for s in svcs {
                     if wanted(&s.namespace, &s.name) {
                         services.push(s.clone());
@@ -597,7 +662,7 @@ impl Store {
                             let p = crate::lb::parse::parse_stream(&text)?;
                             Cached::Services(p.services, p.slices)
                         };
-                        cache.insert(path.clone(), (stamp, c.clone()));
+                        cache.insert(path.clone(), stamp, c.clone());
                         c
                     }
                 };
@@ -610,7 +675,7 @@ impl Store {
                 }
             }
         }
-        cache.retain(|p, _| seen.contains(p));
+        cache.retain(&seen);
         Ok(snap)
     }
 }

@@ -356,8 +356,23 @@ impl<'a> IdAlloc<'a> {
 
     /// Call only after every `keep`.
     fn fresh(&mut self) -> Option<u32> {
-        while self.used.contains(&self.next) || self.taken(self.next) {
-            self.next = self.next.checked_add(1)?;
+        loop {
+            if self.used.contains(&self.next) {
+                self.next = self.next.checked_add(1)?;
+            } else if let Some(t) = self.taken.filter(|t| t.holds(self.next)) {
+                // Walk the run of held ids in order (an incremental computation starts
+                // below thousands of them) instead of one lookup per id.
+                let mut n = self.next;
+                for id in t.all.range(n..) {
+                    if *id != n || t.released.contains(id) {
+                        break;
+                    }
+                    n = n.checked_add(1)?;
+                }
+                self.next = n;
+            } else {
+                break;
+            }
         }
         if self.next > self.hi {
             return None;
@@ -523,7 +538,25 @@ pub fn compute(
     node: &NodeView<'_>,
     prev: Option<&LbState>,
 ) -> LbState {
-    compute_reserving(services, slices, node, prev, None, None)
+    let prev = prev.map(|p| {
+        let mut fe = HashMap::with_capacity(p.services.len());
+        for s in &p.services {
+            fe.entry(s.frontend).or_insert(s.id);
+        }
+        let mut be = HashMap::with_capacity(p.backends.len());
+        for (id, b) in &p.backends {
+            be.entry(b.key()).or_insert(*id);
+        }
+        (fe, be)
+    });
+    let ids = prev.as_ref().map(|(fe, be)| PrevIds { fe, be });
+    compute_reserving(services, slices, node, ids, None, None)
+}
+
+/// The ids a previous computation gave, by frontend and by backend address.
+struct PrevIds<'a> {
+    fe: &'a HashMap<Frontend, u16>,
+    be: &'a HashMap<BackendKey, BackendId>,
 }
 
 /// [`compute`] for a subset of the services, with the frontend and backend ids the
@@ -532,7 +565,7 @@ fn compute_reserving(
     services: &[Service],
     slices: &[EndpointSlice],
     node: &NodeView<'_>,
-    prev: Option<&LbState>,
+    prev: Option<PrevIds<'_>>,
     fe_reserved: Option<&Reserved>,
     be_reserved: Option<&Reserved>,
 ) -> LbState {
@@ -623,16 +656,16 @@ fn compute_reserving(
 
     let mut fe_alloc = IdAlloc::new(1, u32::from(u16::MAX), fe_reserved);
     let mut fe_ids: HashMap<Frontend, u16> = HashMap::new();
-    if let Some(prev) = prev {
-        let wanted_now: std::collections::HashSet<Frontend> =
-            planned.iter().map(|p| p.fe).collect();
-        for s in &prev.services {
-            if wanted_now.contains(&s.frontend) && fe_alloc.keep(u32::from(s.id)) {
-                fe_ids.insert(s.frontend, s.id);
+    planned.sort_by_key(|p| p.fe);
+    if let Some(prev) = &prev {
+        for p in &planned {
+            if let Some(id) = prev.fe.get(&p.fe) {
+                if fe_alloc.keep(u32::from(*id)) {
+                    fe_ids.insert(p.fe, *id);
+                }
             }
         }
     }
-    planned.sort_by_key(|p| p.fe);
     let mut unallocated = Vec::new();
     let mut allocated: Vec<(u16, Planned<'_>)> = Vec::with_capacity(planned.len());
     for p in planned {
@@ -675,11 +708,13 @@ fn compute_reserving(
 
     let mut be_alloc = IdAlloc::new(1, u32::MAX, be_reserved);
     let mut be_ids: HashMap<BackendKey, BackendId> = HashMap::new();
-    if let Some(prev) = prev {
-        for (id, b) in &prev.backends {
-            // A backend other (not recomputed) services hold keeps its id: shared.
-            if refs.contains_key(&b.key()) && (be_alloc.keep(id.0) || be_alloc.taken(id.0)) {
-                be_ids.insert(b.key(), *id);
+    if let Some(prev) = &prev {
+        for k in refs.keys() {
+            if let Some(id) = prev.be.get(k) {
+                // A backend other (not recomputed) services hold keeps its id: shared.
+                if be_alloc.keep(id.0) || be_alloc.taken(id.0) {
+                    be_ids.insert(*k, *id);
+                }
             }
         }
     }
@@ -734,13 +769,19 @@ fn compute_reserving(
     }
 }
 
-/// Id bookkeeping of a computed state, for [`compute_incremental`]: every frontend id,
-/// every backend id, and how many frontends refer to each backend.
-#[derive(Debug, Default, Clone)]
+/// Bookkeeping of a computed state, for [`compute_incremental`]: every frontend id and
+/// backend id, how many frontends refer to each backend (as active, as terminating),
+/// which service holds each frontend key, each service's frontends, and each backend
+/// address's id. With it a change costs the services it touches, not the whole state.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct LbIndex {
     pub fe_ids: BTreeSet<u32>,
     pub be_ids: BTreeSet<u32>,
-    pub be_refs: HashMap<u32, u32>,
+    /// Backend id -> (references as active, references as terminating).
+    pub be_refs: HashMap<u32, (u32, u32)>,
+    fe_keys: HashMap<(IpAddr, u16, Protocol, Scope), (String, String)>,
+    by_service: HashMap<(String, String), BTreeSet<Frontend>>,
+    be_by_key: HashMap<BackendKey, BackendId>,
 }
 
 impl LbIndex {
@@ -750,26 +791,74 @@ impl LbIndex {
             ix.add(s);
         }
         ix.be_ids = state.backends.keys().map(|b| b.0).collect();
+        for (id, b) in &state.backends {
+            ix.be_by_key.entry(b.key()).or_insert(*id);
+        }
         ix
     }
 
     fn add(&mut self, s: &LbService) {
         self.fe_ids.insert(u32::from(s.id));
-        for b in s.backends.iter().chain(&s.terminating) {
-            *self.be_refs.entry(b.0).or_default() += 1;
+        self.fe_keys.insert(s.frontend.key(), s.service.clone());
+        self.by_service
+            .entry(s.service.clone())
+            .or_default()
+            .insert(s.frontend);
+        for (b, active) in s.backend_refs() {
+            let e = self.be_refs.entry(b.0).or_default();
+            if active {
+                e.0 += 1;
+            } else {
+                e.1 += 1;
+            }
         }
     }
 
     fn remove(&mut self, s: &LbService) {
         self.fe_ids.remove(&u32::from(s.id));
-        for b in s.backends.iter().chain(&s.terminating) {
-            if let Some(n) = self.be_refs.get_mut(&b.0) {
-                *n -= 1;
-                if *n == 0 {
+        if self.fe_keys.get(&s.frontend.key()) == Some(&s.service) {
+            self.fe_keys.remove(&s.frontend.key());
+        }
+        if let Some(set) = self.by_service.get_mut(&s.service) {
+            set.remove(&s.frontend);
+            if set.is_empty() {
+                self.by_service.remove(&s.service);
+            }
+        }
+        for (b, active) in s.backend_refs() {
+            if let Some(e) = self.be_refs.get_mut(&b.0) {
+                if active {
+                    e.0 -= 1;
+                } else {
+                    e.1 -= 1;
+                }
+                if *e == (0, 0) {
                     self.be_refs.remove(&b.0);
                 }
             }
         }
+    }
+
+    /// The merged state of a backend over the frontends that refer to it: active if
+    /// active anywhere.
+    fn backend_state(&self, id: u32) -> Option<BackendState> {
+        match self.be_refs.get(&id)? {
+            (0, 0) => None,
+            (0, _) => Some(BackendState::Terminating),
+            _ => Some(BackendState::Active),
+        }
+    }
+}
+
+impl LbService {
+    /// Each backend reference with whether it counts as active: the selectable backends
+    /// (unless they are a terminating fallback), then the terminating ones.
+    fn backend_refs(&self) -> impl Iterator<Item = (BackendId, bool)> + '_ {
+        let active = !self.flags.terminating_fallback;
+        self.backends
+            .iter()
+            .map(move |b| (*b, active))
+            .chain(self.terminating.iter().map(|b| (*b, false)))
     }
 }
 
@@ -806,33 +895,38 @@ pub fn compute_incremental(
     {
         return None;
     }
+    // The changed services' frontends as they are now, from the index.
+    let mut removed: Vec<LbService> = changed
+        .iter()
+        .filter_map(|k| index.by_service.get(k))
+        .flatten()
+        .filter_map(|fe| state.service(fe).cloned())
+        .collect();
+    removed.sort_by_key(|s| s.frontend);
     let part = {
-        let old: Vec<&LbService> = state
-            .services
-            .iter()
-            .filter(|s| changed.contains(&s.service))
-            .collect();
         let fe = Reserved {
             all: std::mem::take(&mut index.fe_ids),
-            released: old.iter().map(|s| u32::from(s.id)).collect(),
+            released: removed.iter().map(|s| u32::from(s.id)).collect(),
         };
         // A backend id is free again only when no other service refers to it.
         let mut old_refs: HashMap<u32, u32> = HashMap::new();
-        for b in old
-            .iter()
-            .flat_map(|s| s.backends.iter().chain(&s.terminating))
-        {
+        for (b, _) in removed.iter().flat_map(LbService::backend_refs) {
             *old_refs.entry(b.0).or_default() += 1;
         }
         let be = Reserved {
             all: std::mem::take(&mut index.be_ids),
             released: old_refs
                 .iter()
-                .filter(|(id, n)| index.be_refs.get(id) == Some(n))
+                .filter(|(id, n)| index.be_refs.get(id).map(|(a, t)| a + t) == Some(**n))
                 .map(|(id, _)| *id)
                 .collect(),
         };
-        let part = compute_reserving(services, slices, node, Some(state), Some(&fe), Some(&be));
+        let fe_prev: HashMap<Frontend, u16> = removed.iter().map(|s| (s.frontend, s.id)).collect();
+        let prev = PrevIds {
+            fe: &fe_prev,
+            be: &index.be_by_key,
+        };
+        let part = compute_reserving(services, slices, node, Some(prev), Some(&fe), Some(&be));
         index.fe_ids = fe.all;
         index.be_ids = be.all;
         part
@@ -843,10 +937,10 @@ pub fn compute_incremental(
     // A frontend key (any kind: the map key has none) an unchanged service holds: its
     // claim decides, in a full run.
     for s in &part.services {
-        if state
-            .services
-            .iter()
-            .any(|o| o.frontend.key() == s.frontend.key() && !changed.contains(&o.service))
+        if index
+            .fe_keys
+            .get(&s.frontend.key())
+            .is_some_and(|owner| !changed.contains(owner))
         {
             return None;
         }
@@ -854,16 +948,10 @@ pub fn compute_incremental(
     // Backends: an id several services refer to is one map entry whose state merges
     // ("active if active anywhere"). Touched ids get their entry recomputed from every
     // service that still refers to them.
-    let removed: Vec<LbService> = state
-        .services
-        .iter()
-        .filter(|s| changed.contains(&s.service))
-        .cloned()
-        .collect();
     let mut touched: BTreeSet<u32> = removed
         .iter()
-        .flat_map(|s| s.backends.iter().chain(&s.terminating))
-        .map(|b| b.0)
+        .flat_map(LbService::backend_refs)
+        .map(|(b, _)| b.0)
         .collect();
     for (id, b) in &part.backends {
         // Another node name for an address other services hold: only a full run
@@ -885,41 +973,31 @@ pub fn compute_incremental(
         })
         .collect();
 
-    // Apply: services, then the touched backends.
+    // Apply: services (kept sorted by frontend), then the touched backends.
     for s in &removed {
         index.remove(s);
+        if let Ok(i) = state
+            .services
+            .binary_search_by(|o| o.frontend.cmp(&s.frontend))
+        {
+            state.services.remove(i);
+        }
     }
-    state.services.retain(|s| !changed.contains(&s.service));
     for s in &part.services {
         index.add(s);
-        state.services.push(s.clone());
-    }
-    state.services.sort_by_key(|s| s.frontend);
-    let mut merged: HashMap<u32, BackendState> = HashMap::new();
-    for s in &state.services {
-        let active = if s.flags.terminating_fallback {
-            BackendState::Terminating
-        } else {
-            BackendState::Active
-        };
-        let refs = s
-            .backends
-            .iter()
-            .map(|b| (b, active))
-            .chain(s.terminating.iter().map(|b| (b, BackendState::Terminating)));
-        for (b, st) in refs {
-            if touched.contains(&b.0) {
-                let e = merged.entry(b.0).or_insert(st);
-                *e = (*e).min(st);
-            }
-        }
+        let i = state.services.partition_point(|o| o.frontend < s.frontend);
+        state.services.insert(i, s.clone());
     }
     let mut new_backends = BTreeMap::new();
     for id in &touched {
         let key = BackendId(*id);
-        match merged.get(id) {
+        match index.backend_state(*id) {
             None => {
-                state.backends.remove(&key);
+                if let Some(old) = state.backends.remove(&key) {
+                    if index.be_by_key.get(&old.key()) == Some(&key) {
+                        index.be_by_key.remove(&old.key());
+                    }
+                }
                 index.be_ids.remove(id);
             }
             Some(st) => {
@@ -937,8 +1015,13 @@ pub fn compute_incremental(
                     (None, Some(new)) => new.clone(),
                     (None, None) => continue,
                 };
-                r.state = *st;
-                state.backends.insert(key, r.clone());
+                r.state = st;
+                if let Some(old) = state.backends.insert(key, r.clone()) {
+                    if old.key() != r.key() && index.be_by_key.get(&old.key()) == Some(&key) {
+                        index.be_by_key.remove(&old.key());
+                    }
+                }
+                index.be_by_key.insert(r.key(), key);
                 index.be_ids.insert(*id);
                 new_backends.insert(key, r);
             }
@@ -1471,6 +1554,7 @@ mod tests {
             assert_eq!(index.fe_ids, fresh.fe_ids, "step {step}: frontend ids");
             assert_eq!(index.be_ids, fresh.be_ids, "step {step}: backend ids");
             assert_eq!(index.be_refs, fresh.be_refs, "step {step}: backend refs");
+            assert_eq!(index, fresh, "step {step}: the whole index");
             full = want;
         }
         eprintln!("{fast} changes incremental, {fallback} by full computation");
