@@ -1,4 +1,12 @@
 //! Dispatch only: argv[0] (`cilium-cni`, `cilium-agent`, `cilium-operator`) and the subcommand.
+
+/// mimalloc, not glibc's malloc: glibc sorts the chunks freed since its last large
+/// request on the next one, so after a full regeneration dropped a 10k-service snapshot
+/// the agent's next allocation paid ~8 ms for it (the first service change took 10-13 ms
+/// instead of under 1 ms).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let argv0 = std::env::args_os()
         .next()
