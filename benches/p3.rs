@@ -16,6 +16,8 @@ use cilium::cmd::probe::LatencyResult;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cilium");
 const SAMPLES: usize = 2000;
+/// Ours and the direct path alternate in this many rounds of SAMPLES / ROUNDS.
+const ROUNDS: usize = 10;
 
 fn cilium(args: &[&str], stdin: Option<&str>) -> String {
     let mut child = Command::new(BIN)
@@ -145,10 +147,18 @@ fn memlock(root: &Path) -> u64 {
     .sum()
 }
 
-/// Runs `cilium probe tcp --count` through `prefix` (`local exec ... --` or nsenter).
-fn latency(prefix: &[&str], targets: &[String]) -> LatencyResult {
-    let count = SAMPLES.to_string();
-    let mut probe = vec![BIN, "probe", "tcp", "--count", &count];
+/// Samples of one path, pooled over rounds.
+#[derive(Default)]
+struct Pool {
+    times: Vec<f64>,
+    failures: usize,
+}
+
+/// Runs `cilium probe tcp --count N --samples` through `prefix` (`local exec ... --` or
+/// nsenter) and adds its samples to `pool`.
+fn latency(prefix: &[&str], targets: &[String], count: usize, pool: &mut Pool) {
+    let count = count.to_string();
+    let mut probe = vec![BIN, "probe", "tcp", "--samples", "--count", &count];
     probe.extend(targets.iter().map(String::as_str));
     let out = if prefix[0] == "__nsenter" {
         Command::new("nsenter")
@@ -161,14 +171,28 @@ fn latency(prefix: &[&str], targets: &[String]) -> LatencyResult {
         a.extend_from_slice(&probe);
         Command::new(BIN).args(&a).output().unwrap()
     };
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let r: LatencyResult = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("probe: {}", String::from_utf8_lossy(&out.stderr)));
+    pool.times.extend(r.times_ms.unwrap_or_default());
+    pool.failures += r.failures;
+}
+
+/// Percentiles of the pooled samples (nearest rank, as `cilium probe`).
+fn summary(mut pool: Pool) -> LatencyResult {
+    pool.times.sort_by(|a, b| a.total_cmp(b));
+    let t = &pool.times;
+    let pct = |p: f64| {
+        t.get(((t.len() as f64 * p).ceil() as usize).clamp(1, t.len().max(1)) - 1)
+            .copied()
+            .unwrap_or(0.0)
+    };
     LatencyResult {
-        samples: v["samples"].as_u64().unwrap_or(0) as usize,
-        failures: v["failures"].as_u64().unwrap_or(0) as usize,
-        p50_ms: v["p50_ms"].as_f64().unwrap_or(0.0),
-        p99_ms: v["p99_ms"].as_f64().unwrap_or(0.0),
-        mean_ms: v["mean_ms"].as_f64().unwrap_or(0.0),
+        samples: t.len(),
+        failures: pool.failures,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        mean_ms: t.iter().sum::<f64>() / t.len().max(1) as f64,
+        times_ms: None,
     }
 }
 
@@ -288,17 +312,42 @@ fn run(n: usize) -> Row {
     let agent_rss_kib = agent_rss(&name);
 
     // Every measurement runs the same client code (`cilium probe --count`) in its own
-    // process in the client's namespace; only ours runs inside the LB cgroup.
-    let ours = latency(
-        &["local", "exec", "--cluster", &name, "client", "--"],
-        &sample_targets([10, 96], n),
-    );
-
-    // The floor: straight to the backends, before any iptables rule exists.
+    // process in the client's namespace; only ours runs inside the LB cgroup. Ours and
+    // the floor (straight to the backends, before any iptables rule exists) take turns
+    // in rounds, first one then the other, so drift of the machine hits both alike.
     let client_ns = netns("client");
     let nsenter = format!("--net={}", client_ns.display());
     let direct_targets: Vec<String> = backends.iter().map(|b| format!("{b}:8080")).collect();
-    let direct = latency(&["__nsenter", &nsenter], &direct_targets);
+    let ours_targets = sample_targets([10, 96], n);
+    let (mut ours, mut direct) = (Pool::default(), Pool::default());
+    for round in 0..ROUNDS {
+        let mut ours_round = |pool: &mut Pool| {
+            latency(
+                &["local", "exec", "--cluster", &name, "client", "--"],
+                &ours_targets,
+                SAMPLES / ROUNDS,
+                pool,
+            )
+        };
+        if round % 2 == 0 {
+            ours_round(&mut ours);
+            latency(
+                &["__nsenter", &nsenter],
+                &direct_targets,
+                SAMPLES / ROUNDS,
+                &mut direct,
+            );
+        } else {
+            latency(
+                &["__nsenter", &nsenter],
+                &direct_targets,
+                SAMPLES / ROUNDS,
+                &mut direct,
+            );
+            ours_round(&mut ours);
+        }
+    }
+    let (ours, direct) = (summary(ours), summary(direct));
 
     // iptables in kube-proxy's layout, in the client's namespace (its process is not in the LB cgroup).
     let rules = iptables_rules(n, &backends);
@@ -317,7 +366,14 @@ fn run(n: usize) -> Row {
         .unwrap();
     assert!(restore.wait().unwrap().success(), "iptables-restore failed");
     let ipt_restore = t.elapsed();
-    let ipt = latency(&["__nsenter", &nsenter], &sample_targets([10, 100], n));
+    let mut ipt = Pool::default();
+    latency(
+        &["__nsenter", &nsenter],
+        &sample_targets([10, 100], n),
+        SAMPLES,
+        &mut ipt,
+    );
+    let ipt = summary(ipt);
     let _ = Command::new(BIN)
         .args(["local", "down", "--name", &name])
         .output();
@@ -349,7 +405,7 @@ fn main() {
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![100, 1_000, 10_000]);
     let rows: Vec<Row> = sizes.into_iter().map(run).collect();
-    println!("\nconnect + 1-byte request/response from a pod to a ClusterIP ({SAMPLES} samples over 200 services, ms):");
+    println!("\nconnect + 1-byte request/response from a pod to a ClusterIP ({SAMPLES} samples over 200 services, ms; ours and direct alternate in {ROUNDS} rounds):");
     println!(
         "{:>7}  {:>15}  {:>15}  {:>15}  {:>12}",
         "svcs", "ours p50/p99", "iptables p50/p99", "direct p50/p99", "ours/direct"

@@ -113,6 +113,9 @@ enum Cmd {
         /// TCP: repeat connect + request/response this many times and report latency percentiles
         #[arg(long)]
         count: Option<usize>,
+        /// With --count: also print every sample's time (`times_ms`)
+        #[arg(long, requires = "count")]
+        samples: bool,
         /// Data to send (UDP default: "ping")
         #[arg(long)]
         send: Option<String>,
@@ -997,6 +1000,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
             protocol,
             targets,
             count,
+            samples,
             send,
             connected,
             timeout,
@@ -1005,7 +1009,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<i32> {
                 if protocol != "tcp" {
                     bail!("--count measures TCP connect + request/response only");
                 }
-                let r = probe::tcp_latency(&targets, n, timeout)?;
+                let r = probe::tcp_latency(&targets, n, timeout, samples)?;
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(if r.failures == 0 { 0 } else { 1 });
             }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{anyhow, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize)]
 pub struct ProbeResult {
@@ -112,16 +112,24 @@ pub fn udp(target: &str, send: &str, connected: bool, timeout: Duration) -> Resu
 
 /// Latency of `count` sequential TCP connect + request/response exchanges, rotating
 /// over `targets` (the server answers and closes).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct LatencyResult {
     pub samples: usize,
     pub failures: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub mean_ms: f64,
+    /// Every sample in the order taken (`--samples`), for callers that pool runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub times_ms: Option<Vec<f64>>,
 }
 
-pub fn tcp_latency(targets: &[String], count: usize, timeout: Duration) -> Result<LatencyResult> {
+pub fn tcp_latency(
+    targets: &[String],
+    count: usize,
+    timeout: Duration,
+    keep_samples: bool,
+) -> Result<LatencyResult> {
     let addrs: Vec<SocketAddr> = targets.iter().map(|t| resolve(t)).collect::<Result<_>>()?;
     let mut times = Vec::with_capacity(count);
     let mut failures = 0;
@@ -139,6 +147,7 @@ pub fn tcp_latency(targets: &[String], count: usize, timeout: Duration) -> Resul
             Err(_) => failures += 1,
         }
     }
+    let taken = keep_samples.then(|| times.clone());
     times.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| -> f64 {
         if times.is_empty() {
@@ -157,6 +166,7 @@ pub fn tcp_latency(targets: &[String], count: usize, timeout: Duration) -> Resul
         } else {
             times.iter().sum::<f64>() / times.len() as f64
         },
+        times_ms: taken,
     })
 }
 
