@@ -321,7 +321,7 @@ fn run(n: usize) -> Row {
     let ours_targets = sample_targets([10, 96], n);
     let (mut ours, mut direct) = (Pool::default(), Pool::default());
     for round in 0..ROUNDS {
-        let mut ours_round = |pool: &mut Pool| {
+        let ours_round = |pool: &mut Pool| {
             latency(
                 &["local", "exec", "--cluster", &name, "client", "--"],
                 &ours_targets,

@@ -263,8 +263,10 @@ enum ConnectivityCmd {
         /// Skip tests that need a second node
         #[arg(long)]
         single_node: bool,
+        /// How long an action waits for its connection (a drop shows as this timeout)
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         connect_timeout: Duration,
+        /// How long an action waits for the answer once connected
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         request_timeout: Duration,
         /// Write a JUnit XML report

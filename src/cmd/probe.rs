@@ -377,4 +377,29 @@ mod tests {
         let e = icmp("10.0.0.1:80", Duration::from_millis(10)).unwrap_err();
         assert!(e.to_string().contains("IPv4 address"), "{e}");
     }
+
+    #[test]
+    fn latency_keeps_every_sample_only_when_asked() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).is_ok() {
+                    let _ = s.write_all(&b);
+                }
+            }
+        });
+        let t = Duration::from_secs(2);
+        let r = tcp_latency(std::slice::from_ref(&target), 7, t, true).unwrap();
+        let times = r.times_ms.as_ref().expect("samples asked for");
+        assert_eq!((r.samples, r.failures, times.len()), (7, 0, 7));
+        assert!(times.iter().all(|&x| x > 0.0 && x <= r.p99_ms), "{r:?}");
+        // The JSON a caller pools from carries them; without the flag it does not.
+        let back: LatencyResult =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.times_ms.as_deref(), Some(&times[..]));
+        let r = tcp_latency(&[target], 3, t, false).unwrap();
+        assert!(!serde_json::to_string(&r).unwrap().contains("times_ms"));
+    }
 }
