@@ -683,21 +683,82 @@ fn a_node_switches_from_kube_proxy_rules_to_replacement_and_keeps_connections() 
         conns.len() + 1
     );
     assert_eq!(dropped, 0, "connections dropped by the switch");
+
+    // Those connections end (reset by the client, so its ports are free at once) and
+    // new ones go through the socket load balancer from the very same ports. About half
+    // land on the backend the old connection had: the same address tuple at the
+    // backend, whose conntrack still holds the old, closing flow (delivered by the
+    // stack, replies sent back through it, where netfilter would translate them to the
+    // old service address). A SYN must start a fresh flow there.
+    // (Every old connection ends first: a new one that met an open one's tuple at the
+    // backend would collide there whatever the datapath does.)
+    drop(conn);
+    let old: Vec<(u16, String)> = conns
+        .drain(..)
+        .map(|(owner, r)| {
+            let s = r.into_inner();
+            let port = s.local_addr().unwrap().port();
+            let rst = nix::libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &rst).unwrap();
+            (port, owner)
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (mut reused_same, mut failed) = (0, Vec::new());
+    for (port, owner) in &old {
+        let out = c.exec(
+            "client",
+            &[
+                "socat",
+                "-T",
+                "3",
+                "-",
+                &format!("TCP:10.96.2.10:80,sourceport={port},connect-timeout=2"),
+            ],
+        );
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if answer == "b1" || answer == "b2" {
+            reused_same += usize::from(&answer == owner);
+        } else {
+            failed.push(format!(
+                "port {port} (its old connection went to {owner}): {answer:?} {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} new connections from reused ports failed:\n{}",
+        failed.len(),
+        old.len(),
+        failed.join("\n")
+    );
+    assert!(
+        reused_same > 0,
+        "no reused port landed on its old backend: the case was not exercised"
+    );
+    eprintln!(
+        "{reused_same} of {} reused ports went to their old backend and connected",
+        old.len()
+    );
+
     // New connections go through the socket load balancer, to both backends.
     let mut seen = std::collections::BTreeSet::new();
+    let mut failed = Vec::new();
     for _ in 0..16 {
         let r = probe(&c, "client", &["tcp", "10.96.2.10:80"]);
-        seen.insert(
-            r["response"]
-                .as_str()
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-        );
+        let answer = r["response"].as_str().unwrap_or_default().trim();
+        if answer.is_empty() {
+            failed.push(r.clone());
+        }
+        seen.insert(answer.to_string());
     }
     assert_eq!(
         seen,
         ["b1".to_string(), "b2".to_string()].into(),
-        "new connections spread over the backends"
+        "new connections spread over the backends; failed probes: {failed:?}"
     );
 }

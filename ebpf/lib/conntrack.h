@@ -206,6 +206,22 @@ static __always_inline void ct_account(struct ct_entry *e, struct flow4 *f, int 
 	e->lifetime = now + life;
 }
 
+/* A bare SYN on an entry whose flow is closing opens a new connection on a reused
+ * address tuple (Cilium's CT_REOPENED): the entry's flags describe the old flow
+ * (how it was delivered, whether it was translated), so it is dropped and the new
+ * flow goes through policy and gets an entry of its own. */
+static __always_inline struct ct_entry *ct_get_open(struct ct_key *k, struct flow4 *f, __u32 now)
+{
+	struct ct_entry *e = ct_get(k, now);
+
+	if (e && f->proto == IPPROTO_TCP && (f->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
+	    (e->flags & (CT_F_TX_CLOSING | CT_F_RX_CLOSING))) {
+		bpf_map_delete_elem(&cilium_ct4, k);
+		return 0;
+	}
+	return e;
+}
+
 /* Looks the flow up from the point of view of hook `dir`: an entry this hook
  * created (ESTABLISHED) or one the opposite hook created for the reverse flow
  * (REPLY). */
@@ -223,13 +239,13 @@ static __always_inline int ct_lookup4(struct flow4 *f, __u8 dir, __u32 len, stru
 	struct ct_entry *e;
 
 	*found = 0;
-	e = ct_get(&rev, now);
+	e = ct_get_open(&rev, f, now);
 	if (e) {
 		ct_account(e, f, 1, len, now);
 		*found = e;
 		return CT_REPLY;
 	}
-	e = ct_get(&fwd, now);
+	e = ct_get_open(&fwd, f, now);
 	if (e) {
 		ct_account(e, f, 0, len, now);
 		*found = e;
