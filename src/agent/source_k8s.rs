@@ -204,8 +204,59 @@ struct Journal {
     /// Generations at or after this one are fully described by `entries`.
     floor: u64,
     synced: BTreeSet<&'static str>,
-    /// EndpointSlice (namespace, name) -> the service it belonged to when last seen.
-    slice_services: HashMap<(String, String), String>,
+    /// Which service each EndpointSlice belonged to when last seen, both ways.
+    slices: SliceIndex,
+    /// The index a relist of EndpointSlices is building; replaces `slices` when done.
+    relisted_slices: Option<SliceIndex>,
+}
+
+const SLICE_KIND: &str = "EndpointSlice";
+
+/// EndpointSlices by the service their label names, and the reverse, kept from the
+/// watch events: the reflector store indexes objects by name only, and a service change
+/// must not scan every slice of the cluster.
+#[derive(Default)]
+struct SliceIndex {
+    /// (namespace, slice) -> service.
+    service_of: HashMap<(String, String), String>,
+    /// (namespace, service) -> its slices.
+    slices_of: HashMap<(String, String), BTreeSet<String>>,
+}
+
+impl SliceIndex {
+    /// Records the slice under `service` (None: no label, or deleted); returns the
+    /// service it was under before.
+    fn set(&mut self, ns: &str, slice: &str, service: Option<&str>) -> Option<String> {
+        let key = (ns.to_string(), slice.to_string());
+        let old = match service {
+            Some(svc) => self.service_of.insert(key, svc.to_string()),
+            None => self.service_of.remove(&key),
+        };
+        if let Some(old) = &old {
+            let k = (ns.to_string(), old.clone());
+            if let Some(set) = self.slices_of.get_mut(&k) {
+                set.remove(slice);
+                if set.is_empty() {
+                    self.slices_of.remove(&k);
+                }
+            }
+        }
+        if let Some(svc) = service {
+            self.slices_of
+                .entry((ns.to_string(), svc.to_string()))
+                .or_default()
+                .insert(slice.to_string());
+        }
+        old
+    }
+
+    /// The slices last seen under a service.
+    fn of(&self, ns: &str, service: &str) -> impl Iterator<Item = &String> {
+        self.slices_of
+            .get(&(ns.to_string(), service.to_string()))
+            .into_iter()
+            .flatten()
+    }
 }
 
 /// State shared with the watcher tasks.
@@ -255,11 +306,8 @@ impl Shared {
             None => vec![None],
             Some(Touch::Service(k)) => vec![Some(k)],
             Some(Touch::Slice(ns, slice, service)) => {
-                let key = (ns.clone(), slice);
-                let old = match (&service, deleted) {
-                    (Some(s), false) => j.slice_services.insert(key, s.clone()),
-                    _ => j.slice_services.remove(&key),
-                };
+                let now = service.as_deref().filter(|_| !deleted);
+                let old = j.slices.set(&ns, &slice, now);
                 let mut t: Vec<Option<(String, String)>> = Vec::new();
                 for svc in service.into_iter().chain(old) {
                     if !t.iter().flatten().any(|(_, s)| *s == svc) {
@@ -278,6 +326,13 @@ impl Shared {
     /// A (re)list of `kind` is complete: anything may have changed.
     fn synced(&self, kind: &'static str) {
         let mut j = self.journal();
+        // The relisted slices replace the index at once, as the reflector swaps its
+        // store: until then lookups see the last complete list.
+        if kind == SLICE_KIND {
+            if let Some(relisted) = j.relisted_slices.take() {
+                j.slices = relisted;
+            }
+        }
         if j.synced.insert(kind) {
             debug!(kind, "initial list done");
         }
@@ -285,13 +340,18 @@ impl Shared {
     }
 
     /// A relist of `kind` starts (`Init`) or lists an object (`InitApply`).
-    fn relisting(&self, touch: Option<Touch>, start: bool) {
+    fn relisting(&self, kind: &'static str, touch: Option<Touch>, start: bool) {
+        if kind != SLICE_KIND {
+            return;
+        }
         let mut j = self.journal();
         if start {
-            j.slice_services.clear();
+            j.relisted_slices = Some(SliceIndex::default());
         }
         if let Some(Touch::Slice(ns, slice, Some(svc))) = touch {
-            j.slice_services.insert((ns, slice), svc);
+            j.relisted_slices
+                .get_or_insert_with(SliceIndex::default)
+                .set(&ns, &slice, Some(&svc));
         }
     }
 }
@@ -369,8 +429,10 @@ where
                         watcher::Event::Apply(o) => shared.changed(kind, key.map(|f| f(o)), false),
                         watcher::Event::Delete(o) => shared.changed(kind, key.map(|f| f(o)), true),
                         watcher::Event::InitDone => shared.synced(kind),
-                        watcher::Event::Init => shared.relisting(None, true),
-                        watcher::Event::InitApply(o) => shared.relisting(key.map(|f| f(o)), false),
+                        watcher::Event::Init => shared.relisting(kind, None, true),
+                        watcher::Event::InitApply(o) => {
+                            shared.relisting(kind, key.map(|f| f(o)), false)
+                        }
                     }
                 }
                 Err(e) => {
@@ -437,7 +499,7 @@ impl K8sSource {
         let slices = watch!(
             Api::all(client.clone()),
             all(),
-            "EndpointSlice",
+            SLICE_KIND,
             Some(slice_touch)
         );
         let netpols = watch!(Api::all(client.clone()), all(), "NetworkPolicy", None);
@@ -556,7 +618,7 @@ impl K8sSource {
             (Some(_), None) => false,
         };
         let (mut services, mut slices) = (Vec::new(), Vec::new());
-        // Services by name from the store; slices by their label, which it does not index.
+        // Services by name from the store; slices by name through the index of their label.
         let objects = match keys {
             Some(keys) => keys
                 .iter()
@@ -576,7 +638,22 @@ impl K8sSource {
                 }
             }
         }
-        for o in self.slices.state() {
+        let slice_objects = match keys {
+            Some(keys) => {
+                let j = self.shared.journal();
+                keys.iter()
+                    .flat_map(|(ns, svc)| {
+                        j.slices.of(ns, svc).filter_map(|name| {
+                            self.slices
+                                .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+                        })
+                    })
+                    .collect()
+            }
+            None => self.slices.state(),
+        };
+        // The label is checked again: the store may be an event ahead of the index.
+        for o in slice_objects {
             if wanted(slice_service(&o)) {
                 if let Parsed::Services(_, s) = self.parsed(
                     "EndpointSlice",

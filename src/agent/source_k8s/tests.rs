@@ -295,6 +295,24 @@ async fn a_change_after_the_list_bumps_the_generation() {
         }
     );
 
+    // The fast path finds slices through the index of their label: the moved slice
+    // is web's now, and a deleted one is nobody's.
+    let key = |s: &str| BTreeSet::from([("default".to_string(), s.to_string())]);
+    assert_eq!(src.services_for(&key("api")).1.len(), 0);
+    let web = src.services_for(&key("web")).1;
+    let mut got: Vec<&str> = web.iter().map(|s| s.name.as_str()).collect();
+    got.sort();
+    assert_eq!(got, ["api-xyz", "web-abc"]);
+    let g = src.generation();
+    api.remove(
+        "discovery.k8s.io",
+        "endpointslices",
+        Some("default"),
+        "api-xyz",
+    );
+    until("the slice deletion", || src.generation() > g).await;
+    assert_eq!(src.services_for(&key("web")).1.len(), 1);
+
     // A pod of another node changes nothing; a deleted pod of this one does.
     let g3 = src.generation();
     api.insert("", "pods", pod("db-1", "node2", "db"));
@@ -361,6 +379,36 @@ async fn losing_the_api_keeps_the_last_snapshot_and_resyncs() {
     })
     .await;
     assert!(src.unsynced().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relist_rebuilds_the_slice_index_and_other_kinds_leave_it() {
+    let api = FakeApi::start().await;
+    load(&api);
+    let src = synced(&api).await;
+    let key = |s: &str| BTreeSet::from([("default".to_string(), s.to_string())]);
+    assert_eq!(src.services_for(&key("web")).1.len(), 1);
+
+    // While the API is away, web's slice moves to api and the event log is lost:
+    // only the relist can tell. Every kind relists, pods and policies included, and
+    // must not empty the index.
+    api.set_down(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.insert(
+        "discovery.k8s.io",
+        "endpointslices",
+        slice("web-abc", "api", "10.0.1.5"),
+    );
+    api.compact();
+    api.set_down(false);
+    until("the relisted slice under api", || {
+        src.services_for(&key("api")).1.len() == 1
+    })
+    .await;
+    assert_eq!(src.services_for(&key("web")).1.len(), 0);
+    until("every kind listed again", || src.unsynced().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(src.services_for(&key("api")).1.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -820,4 +868,55 @@ async fn a_bad_kubeconfig_names_the_flag() {
     };
     let err = f.config().await.expect_err("no such file");
     assert!(err.to_string().contains("--k8s-kubeconfig-path"), "{err}");
+}
+
+#[test]
+fn the_slice_index_follows_labels_both_ways() {
+    let mut ix = SliceIndex::default();
+    let of = |ix: &SliceIndex, svc: &str| -> Vec<String> { ix.of("ns", svc).cloned().collect() };
+    assert_eq!(ix.set("ns", "a", Some("web")), None);
+    assert_eq!(ix.set("ns", "b", Some("web")), None);
+    assert_eq!(ix.set("other", "c", Some("web")), None);
+    assert_eq!(of(&ix, "web"), ["a", "b"]);
+    // Relabelled: it leaves web and joins api; the old service is returned.
+    assert_eq!(ix.set("ns", "a", Some("api")), Some("web".into()));
+    assert_eq!(
+        (of(&ix, "web"), of(&ix, "api")),
+        (vec!["b".into()], vec!["a".into()])
+    );
+    // Deleted (or unlabelled): gone from both directions, empty sets dropped.
+    assert_eq!(ix.set("ns", "b", None), Some("web".into()));
+    assert!(of(&ix, "web").is_empty());
+    assert!(!ix.slices_of.contains_key(&("ns".into(), "web".into())));
+    assert_eq!(ix.set("ns", "zz", None), None);
+    assert_eq!(ix.of("other", "web").count(), 1);
+}
+
+#[test]
+fn a_slice_relist_swaps_the_index_when_done_and_other_kinds_leave_it() {
+    let sh = Shared::default();
+    let touch =
+        |slice: &str, svc: &str| Some(Touch::Slice("ns".into(), slice.into(), Some(svc.into())));
+    let slices_of =
+        |svc: &str| -> Vec<String> { sh.journal().slices.of("ns", svc).cloned().collect() };
+    sh.relisting(SLICE_KIND, None, true);
+    sh.relisting(SLICE_KIND, touch("a", "web"), false);
+    sh.synced(SLICE_KIND);
+    assert_eq!(slices_of("web"), ["a"]);
+
+    // A relist of slices: until its end, lookups see the last complete list, and
+    // pods relisting at the same time change nothing of it.
+    sh.relisting(SLICE_KIND, None, true);
+    sh.relisting(SLICE_KIND, touch("b", "api"), false);
+    sh.relisting("Pod", None, true);
+    sh.synced("Pod");
+    assert_eq!(
+        (slices_of("web"), slices_of("api")),
+        (vec!["a".into()], vec![])
+    );
+    sh.synced(SLICE_KIND);
+    assert_eq!(
+        (slices_of("web"), slices_of("api")),
+        (vec![], vec!["b".into()])
+    );
 }
