@@ -366,3 +366,86 @@ fn iptables_runs_from_the_hosts_filesystem_when_the_image_has_none() {
     let c = cilium::agent::kube_proxy::iptables_command("iptables-save", &mnt);
     assert_eq!(c.get_program(), "iptables-save");
 }
+
+#[test]
+fn conntrack_gc_removes_expired_entries_and_spares_live_flows() {
+    use aya::maps::{HashMap, Map, MapData};
+    use cilium::datapath::{
+        loader::{ct_gc, read_ct},
+        maps::{CtEntry, CtKey, MAP_CT4},
+    };
+    if !privileged() {
+        return;
+    }
+    let c = LocalCluster::up("t-ctgc", "10.213.0.0/24");
+    let a_ip = c.pod("a");
+    let b_ip = c.pod("b");
+    let (mut client, mut server) = tcp_pair(&c, "a", "b", &b_ip, 7100);
+    round_trip(&mut client, &mut server, b"before");
+    let root = std::path::PathBuf::from(c.bpf_root());
+    let ip = |s: &str| u32::from_ne_bytes(s.parse::<std::net::Ipv4Addr>().unwrap().octets());
+    let flow_entries = || {
+        read_ct(&root)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| {
+                (k.saddr, k.daddr) == (ip(&a_ip), ip(&b_ip))
+                    || (k.saddr, k.daddr) == (ip(&b_ip), ip(&a_ip))
+            })
+            .count()
+    };
+    assert!(flow_entries() > 0, "the connection has conntrack entries");
+
+    // Entries of flows long gone (from the documentation range) and one still live.
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap()
+        .tv_sec() as u32;
+    let mut m: HashMap<MapData, CtKey, CtEntry> = HashMap::try_from(Map::LruHashMap(
+        MapData::from_pin(root.join(MAP_CT4)).unwrap(),
+    ))
+    .unwrap();
+    let key = |i: u32| CtKey {
+        saddr: ip("203.0.113.9"),
+        daddr: ip("198.51.100.9"),
+        sport: (i as u16).to_be(),
+        dport: 80u16.to_be(),
+        nexthdr: 6,
+        dir: (i >> 16) as u8,
+        pad: 0,
+    };
+    let stale = 20_000;
+    for i in 0..stale {
+        let e = CtEntry {
+            lifetime: now - 5,
+            ..Default::default()
+        };
+        m.insert(key(i), e, 0).unwrap();
+    }
+    let live = key(stale);
+    let e = CtEntry {
+        lifetime: now + 600,
+        ..Default::default()
+    };
+    m.insert(live, e, 0).unwrap();
+
+    let t = std::time::Instant::now();
+    let removed = ct_gc(&root, now).unwrap();
+    eprintln!(
+        "FIGURE conntrack GC: {removed} expired of {} entries removed in {:?}",
+        stale + 1 + flow_entries() as u32,
+        t.elapsed()
+    );
+    assert_eq!(removed, stale as usize, "exactly the expired entries go");
+    assert!(m.get(&live, 0).is_ok(), "a live entry stays");
+    assert!(m.get(&key(0), 0).is_err(), "an expired entry is gone");
+    assert!(flow_entries() > 0, "the open connection keeps its entries");
+    round_trip(&mut client, &mut server, b"after");
+
+    // Once they expire, the open connection's entries go too, and the datapath makes
+    // new ones for its next packets (no policy: still allowed).
+    assert!(ct_gc(&root, now + 30 * 86_400).unwrap() > 0);
+    assert_eq!(flow_entries(), 0);
+    assert!(m.get(&live, 0).is_err());
+    round_trip(&mut client, &mut server, b"again");
+    assert!(flow_entries() > 0, "new entries for the flow");
+}

@@ -941,18 +941,23 @@ async fn kube_proxy_chains(state: Shared) {
 }
 
 /// Removes expired conntrack entries periodically.
+/// The walk runs on a blocking thread with a handle of its own on the pinned table: the
+/// agent's lock (API, regeneration) is not held while it reads up to the whole table.
 async fn ct_gc(state: Shared, every: std::time::Duration) {
+    let root = state.lock().await.datapath.root().to_path_buf();
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_sec() as u32)
             .unwrap_or(0);
-        let mut st = state.lock().await;
-        match st.datapath.ct_gc(now) {
-            Ok(0) => {}
-            Ok(n) => info!(removed = n, "conntrack garbage collection"),
-            Err(e) => warn!(error = %e, "conntrack garbage collection"),
+        let root = root.clone();
+        match tokio::task::spawn_blocking(move || crate::datapath::loader::ct_gc(&root, now)).await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(removed = n, "conntrack garbage collection"),
+            Ok(Err(e)) => warn!(error = %e, "conntrack garbage collection"),
+            Err(e) => warn!(error = %e, "conntrack garbage collection task"),
         }
     }
 }

@@ -660,21 +660,6 @@ impl Datapath {
         })
     }
 
-    /// Removes conntrack entries that expired before `now` (seconds of CLOCK_MONOTONIC).
-    pub fn ct_gc(&mut self, now: u32) -> Result<usize> {
-        let mut m = self.hash_map::<CtKey, CtEntry>(MAP_CT4)?;
-        let expired: Vec<CtKey> = m
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, v)| v.lifetime < now)
-            .map(|(k, _)| k)
-            .collect();
-        for k in &expired {
-            let _ = m.remove(k);
-        }
-        Ok(expired.len())
-    }
-
     /// Current endpoints map content.
     pub fn endpoints(&mut self) -> Result<Vec<(EndpointKey, EndpointInfo)>> {
         let m = self.hash_map::<EndpointKey, EndpointInfo>(MAP_ENDPOINTS)?;
@@ -809,6 +794,29 @@ pub fn read_policy(root: &Path) -> Result<Vec<(u32, PolicyKeyData, PolicyEntryVa
 pub fn read_ct(root: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
     let m: HashMap<MapData, CtKey, CtEntry> = pinned(root, MAP_CT4, aya::maps::Map::LruHashMap)?;
     Ok(m.iter().filter_map(|r| r.ok()).collect())
+}
+
+/// Removes the entries of the pinned conntrack table under `root` that expired before
+/// `now` (seconds of CLOCK_MONOTONIC); returns how many. It opens its own handle on the
+/// pinned map, so the agent's lock is not held while it walks the table. An entry is read
+/// again just before it goes: the datapath may have replaced an expired entry with a new
+/// flow's since the walk saw it.
+pub fn ct_gc(root: &Path, now: u32) -> Result<usize> {
+    let mut m: HashMap<MapData, CtKey, CtEntry> =
+        pinned(root, MAP_CT4, aya::maps::Map::LruHashMap)?;
+    let expired: Vec<CtKey> = m
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(_, v)| v.lifetime < now)
+        .map(|(k, _)| k)
+        .collect();
+    let mut removed = 0;
+    for k in &expired {
+        if m.get(k, 0).is_ok_and(|v| v.lifetime < now) && m.remove(k).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Registers the events ring buffer with the tokio reactor for readiness.
