@@ -920,3 +920,43 @@ fn a_slice_relist_swaps_the_index_when_done_and_other_kinds_leave_it() {
         (vec![], vec!["b".into()])
     );
 }
+
+/// The services fast path's read of one service at 10,000 Services with an EndpointSlice
+/// each. A figure, not a check:
+/// `cargo test --lib -- --ignored --nocapture services_for_figure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn services_for_figure() {
+    let api = FakeApi::start().await;
+    load(&api);
+    let n = 10_000;
+    for i in 0..n {
+        let name = format!("svc-{i}");
+        api.insert(
+            "",
+            "services",
+            service(&name, &format!("10.96.{}.{}", i / 200, i % 200 + 1)),
+        );
+        api.insert(
+            "discovery.k8s.io",
+            "endpointslices",
+            slice(&format!("{name}-a"), &name, "10.0.1.9"),
+        );
+    }
+    let src = synced(&api).await;
+    let keys = BTreeSet::from([("default".to_string(), "svc-4242".to_string())]);
+    let t = std::time::Instant::now();
+    let (s, e) = src.services_for(&keys);
+    let first = t.elapsed();
+    assert_eq!((s.len(), e.len()), (1, 1));
+    let rounds = 200;
+    let t = std::time::Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(src.services_for(&keys));
+    }
+    eprintln!(
+        "FIGURE services_for one service at {n} services + slices: first {:?}, then {:?} per call",
+        first,
+        t.elapsed() / rounds
+    );
+}
