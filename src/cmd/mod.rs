@@ -379,7 +379,8 @@ struct ClusterArg {
 enum LocalCmd {
     /// Create a local cluster (one node: a network namespace and its agent)
     Up {
-        #[arg(long, default_value = "default")]
+        /// Name of the cluster (`--cluster`, as the other local commands, works too)
+        #[arg(long, visible_alias = "cluster", default_value = "default")]
         name: String,
         /// Pod CIDR pool: one node takes it whole; with several, each gets a /24 of it
         /// (then give a larger pool, e.g. 10.200.0.0/16)
@@ -409,7 +410,8 @@ enum LocalCmd {
     },
     /// Remove a local cluster and everything it created (idempotent)
     Down {
-        #[arg(long, default_value = "default")]
+        /// Name of the cluster (`--cluster`, as the other local commands, works too)
+        #[arg(long, visible_alias = "cluster", default_value = "default")]
         name: String,
     },
     /// Show nodes, agents and pods of a local cluster
@@ -1750,6 +1752,22 @@ mod tests {
         assert_eq!(l.get("app").map(String::as_str), Some("web"));
         assert!(parse_labels("app").unwrap_err().contains("key=value"));
         assert!(parse_labels("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn every_local_command_takes_the_cluster_as_cluster() {
+        let cluster = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.cmd) {
+            Ok(Cmd::Local(LocalCmd::Up { name, .. } | LocalCmd::Down { name })) => name,
+            Ok(Cmd::Local(LocalCmd::Status { c, .. })) => c.cluster,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        assert_eq!(cluster(&["cilium", "local", "up", "--cluster", "a"]), "a");
+        assert_eq!(cluster(&["cilium", "local", "up", "--name", "b"]), "b");
+        assert_eq!(cluster(&["cilium", "local", "down", "--cluster", "c"]), "c");
+        assert_eq!(
+            cluster(&["cilium", "local", "status", "--cluster", "d"]),
+            "d"
+        );
     }
 
     #[test]
