@@ -177,22 +177,9 @@ fn latency(prefix: &[&str], targets: &[String], count: usize, pool: &mut Pool) {
     pool.failures += r.failures;
 }
 
-/// Percentiles of the pooled samples (nearest rank, as `cilium probe`).
-fn summary(mut pool: Pool) -> LatencyResult {
-    pool.times.sort_by(|a, b| a.total_cmp(b));
-    let t = &pool.times;
-    let pct = |p: f64| {
-        t.get(((t.len() as f64 * p).ceil() as usize).clamp(1, t.len().max(1)) - 1)
-            .copied()
-            .unwrap_or(0.0)
-    };
-    LatencyResult {
-        samples: t.len(),
-        failures: pool.failures,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        mean_ms: t.iter().sum::<f64>() / t.len().max(1) as f64,
-        times_ms: None,
+impl Pool {
+    fn summary(self) -> LatencyResult {
+        LatencyResult::of(self.times, self.failures, false)
     }
 }
 
@@ -320,34 +307,30 @@ fn run(n: usize) -> Row {
     let direct_targets: Vec<String> = backends.iter().map(|b| format!("{b}:8080")).collect();
     let ours_targets = sample_targets([10, 96], n);
     let (mut ours, mut direct) = (Pool::default(), Pool::default());
+    let per_round = SAMPLES / ROUNDS;
     for round in 0..ROUNDS {
-        let ours_round = |pool: &mut Pool| {
+        let mut ours_round = || {
             latency(
                 &["local", "exec", "--cluster", &name, "client", "--"],
                 &ours_targets,
-                SAMPLES / ROUNDS,
-                pool,
+                per_round,
+                &mut ours,
             )
         };
         if round % 2 == 0 {
-            ours_round(&mut ours);
-            latency(
-                &["__nsenter", &nsenter],
-                &direct_targets,
-                SAMPLES / ROUNDS,
-                &mut direct,
-            );
-        } else {
-            latency(
-                &["__nsenter", &nsenter],
-                &direct_targets,
-                SAMPLES / ROUNDS,
-                &mut direct,
-            );
-            ours_round(&mut ours);
+            ours_round();
+        }
+        latency(
+            &["__nsenter", &nsenter],
+            &direct_targets,
+            per_round,
+            &mut direct,
+        );
+        if round % 2 == 1 {
+            ours_round();
         }
     }
-    let (ours, direct) = (summary(ours), summary(direct));
+    let (ours, direct) = (ours.summary(), direct.summary());
 
     // iptables in kube-proxy's layout, in the client's namespace (its process is not in the LB cgroup).
     let rules = iptables_rules(n, &backends);
@@ -373,7 +356,7 @@ fn run(n: usize) -> Row {
         SAMPLES,
         &mut ipt,
     );
-    let ipt = summary(ipt);
+    let ipt = ipt.summary();
     let _ = Command::new(BIN)
         .args(["local", "down", "--name", &name])
         .output();

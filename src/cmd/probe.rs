@@ -147,27 +147,36 @@ pub fn tcp_latency(
             Err(_) => failures += 1,
         }
     }
-    let taken = keep_samples.then(|| times.clone());
-    times.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| -> f64 {
-        if times.is_empty() {
-            return 0.0;
+    Ok(LatencyResult::of(times, failures, keep_samples))
+}
+
+impl LatencyResult {
+    /// Percentiles (nearest rank) and mean of `times` (ms, in the order taken), which
+    /// it keeps when `keep` is set.
+    pub fn of(times: Vec<f64>, failures: usize, keep: bool) -> Self {
+        let times_ms = keep.then(|| times.clone());
+        let mut times = times;
+        times.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| -> f64 {
+            if times.is_empty() {
+                return 0.0;
+            }
+            let i = ((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1;
+            times[i]
+        };
+        LatencyResult {
+            samples: times.len(),
+            failures,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            mean_ms: if times.is_empty() {
+                0.0
+            } else {
+                times.iter().sum::<f64>() / times.len() as f64
+            },
+            times_ms,
         }
-        let i = ((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1;
-        times[i]
-    };
-    Ok(LatencyResult {
-        samples: times.len(),
-        failures,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        mean_ms: if times.is_empty() {
-            0.0
-        } else {
-            times.iter().sum::<f64>() / times.len() as f64
-        },
-        times_ms: taken,
-    })
+    }
 }
 
 /// ICMP echo type and code numbers (RFC 792).
